@@ -1,0 +1,52 @@
+"""The position-encoding interface: three hooks that attention variants apply where they choose.
+
+- ``embed(x, positions)``   adds an absolute encoding to the token embeddings (learned, sinusoidal);
+- ``rotate(t, positions)``  rotates a query or key tensor (RoPE family); an attention variant applies
+                            it to exactly the part of q/k it wants (MLA: only the decoupled part);
+- ``bias(q_pos, k_pos, n_head)`` returns additive attention logits (ALiBi), or None.
+
+Positions travel as a float tensor (B, T, A), A = ``n_axes`` of the scheme (1 text, 2 image, 3 video),
+so half-integer positions (RoPE-Tie-v2) and multi-axis schemes need no change in the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PosConfig:
+    name: str = "none"
+
+    def check(self, run) -> list[str]:
+        return []
+
+
+class PosEncoding(nn.Module):
+    Config = PosConfig
+    n_axes: int = 1
+    rotary: bool = False  # rotate() changes q/k
+    has_bias: bool = False  # bias() returns logits
+
+    def __init__(self, cfg: PosConfig, model_cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+
+    def default_positions(self, batch: int, seq_len: int, offset: int = 0, device=None) -> torch.Tensor:
+        """Positions of plain text: token n gets (n, n, ...) on every axis. (B, T, A) float."""
+        p = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
+        return p[None, :, None].expand(batch, seq_len, self.n_axes)
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n_head: int) -> Optional[torch.Tensor]:
+        return None

@@ -1,0 +1,75 @@
+"""Shared rotary machinery (SPEC §6-§8): angles from float positions through an axis->frequency map.
+
+A rotary scheme is fully described by, for each of the D/2 frequency pairs, its frequency
+θ_i = base^(-2i/D) and the position axis that drives it. RoPE-1D drives every pair with axis 0;
+RoPE-2D interleaves axes over pairs (so plain text (n, n) reproduces RoPE-1D exactly); M-RoPE
+uses contiguous sections. Subclasses override ``pair_axes``.
+
+Two memory layouts of the pairs are supported (SPEC §6 pitfall): ``interleaved`` pairs dims
+(2i, 2i+1); ``half`` (GPT-NeoX / HF rotate_half) pairs dims (i, i + D/2). They agree after a fixed
+permutation of q/k dims, which the tests check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lmlab.model.pos.base import PosConfig, PosEncoding
+
+
+@dataclass
+class RotaryConfig(PosConfig):
+    name: str = "rope"
+    base: float = 10000.0
+    layout: Literal["interleaved", "half"] = "interleaved"
+
+    def check(self, run) -> list[str]:
+        p = []
+        if run.model.dim_head % 2:
+            p.append(
+                f"pos.name={self.name} rotates pairs of dims, but the head dim "
+                f"(model.head_dim / d_model//n_head = {run.model.dim_head}) is odd"
+            )
+        if self.base <= 1:
+            p.append(f"pos.base={self.base} must be > 1")
+        return p
+
+
+def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Tensor:
+    """t: (B, H, T, D); angles: (B, T, D/2) -> rotated t, same shape and dtype."""
+    cos = angles.cos()[:, None].to(t.dtype)  # (B, 1, T, D/2)
+    sin = angles.sin()[:, None].to(t.dtype)
+    if layout == "interleaved":
+        x0, x1 = t[..., 0::2], t[..., 1::2]
+        out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, H, T, D/2, 2)
+        return out.flatten(-2)
+    half = t.shape[-1] // 2
+    x0, x1 = t[..., :half], t[..., half:]
+    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+
+
+class RotaryBase(PosEncoding):
+    Config = RotaryConfig
+    rotary = True
+
+    def pair_axes(self, n_pairs: int) -> list[int]:
+        """Which position axis drives each frequency pair."""
+        return [0] * n_pairs
+
+    def inv_freq(self, n_pairs: int, device) -> torch.Tensor:
+        i = torch.arange(n_pairs, device=device, dtype=torch.float64)
+        return self.cfg.base ** (-2.0 * i / (2 * n_pairs))
+
+    def angles(self, positions: torch.Tensor, dim: int) -> torch.Tensor:
+        """positions (B, T, A) -> angles (B, T, dim/2), computed in float64 for exact positions."""
+        n_pairs = dim // 2
+        axes = torch.tensor(self.pair_axes(n_pairs), device=positions.device)
+        pos = positions.to(torch.float64).index_select(-1, axes)  # (B, T, D/2)
+        ang = pos * self.inv_freq(n_pairs, positions.device)
+        return ang if positions.dtype == torch.float64 else ang.float()
+
+    def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return rotate_pairs(t, self.angles(positions, t.shape[-1]), self.cfg.layout)

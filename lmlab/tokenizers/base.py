@@ -1,0 +1,66 @@
+"""The tokenizer interface the data pipeline, metrics and probes rely on.
+
+- ``encode(text, rng=None)``: deterministic segmentation when ``rng`` is None; when the tokenizer
+  is configured to sample and an ``rng`` (numpy Generator) is given, one sampled segmentation drawn
+  from that generator. The pipeline seeds ``rng`` from (run seed, epoch, document index), so a
+  document's draw does not depend on which worker reads it, and a resumed run redraws the same.
+- ``piece_bytes(id)``: the exact UTF-8 bytes a token stands for (b"" for special tokens), so that
+  concatenating the bytes of ``encode(text)`` gives ``text.encode()`` back; bits per byte and the
+  continuation probe are computed from these.
+- ``decode(ids)``: text, decoding the concatenated bytes (a sample may split a character across
+  byte pieces, so per-token decoding would be wrong).
+
+A tokenizer must pickle (DataLoader workers receive a copy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "sentencepiece"
+    vocab_size: int = 2048
+
+    def check(self, run) -> list[str]:
+        return []
+
+
+class Tokenizer:
+    Config = TokenizerConfig
+    sampling: bool = False  # True when encode(text, rng) draws a random segmentation
+
+    @classmethod
+    def build(cls, cfg, train_texts: Callable[[], Iterable[str]], cache_dir: str) -> "Tokenizer":
+        """Train (or load from cache) a tokenizer on ``train_texts()`` (re-iterable)."""
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def eos_id(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str, rng: Optional[np.random.Generator] = None) -> list[int]:
+        raise NotImplementedError
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        raise NotImplementedError
+
+    def bytes_table(self) -> list[bytes]:
+        return [self.piece_bytes(i) for i in range(self.vocab_size)]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self.piece_bytes(int(i)) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def describe(self) -> dict:
+        return {"vocab_size": self.vocab_size, "sampling": self.sampling}
