@@ -57,7 +57,7 @@ class ModelConfig:
     def dim_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_head
 
-    def check(self, run: "RunConfig") -> list[str]:
+    def check(self, run: RunConfig) -> list[str]:
         p = []
         for k in ("d_model", "n_layer", "n_head", "seq_len"):
             if getattr(self, k) <= 0:
@@ -82,7 +82,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at trainer.max_steps
     grad_clip: float = 1.0
 
-    def check(self, run: "RunConfig") -> list[str]:
+    def check(self, run: RunConfig) -> list[str]:
         p = []
         if self.lr <= 0:
             p.append(f"optim.lr={self.lr} must be positive")
@@ -107,11 +107,10 @@ class TrainerConfig:
     keep_last: int = 2  # checkpoints kept (the k newest complete ones)
     num_threads: Optional[int] = None  # torch intra-op threads in the trainer process; None = cores - workers
     deterministic: bool = False
-    compile: bool = False
     progress_bar: Optional[bool] = None  # None: on when stdout is a terminal
     entropy_baseline: bool = True  # print the byte-unigram entropy of the val text beside val_bpb
 
-    def check(self, run: "RunConfig") -> list[str]:
+    def check(self, run: RunConfig) -> list[str]:
         p = []
         if self.max_steps <= 0:
             p.append(f"trainer.max_steps={self.max_steps} must be positive")

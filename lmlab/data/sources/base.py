@@ -1,0 +1,116 @@
+"""The data-source interface and the shared reading rules for bad input.
+
+A source returns an HF ``datasets.Dataset`` with a ``text`` column, one row per document. Reading
+rules (shared by every source, counted in ``ReadReport`` and printed at start-up):
+
+- empty files are skipped and counted; an all-empty corpus fails fast naming the files;
+- invalid UTF-8 is replaced (U+FFFD) and counted by default; with ``data.strict_utf8=true`` it
+  fails naming the file and the byte offset;
+- documents shorter than ``data.min_chars`` are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    name: str = "text"
+    batch_size: int = 16
+    num_workers: int = 1  # tokenizer worker processes (see README: threads)
+    val_fraction: float = 0.05
+    val_seed: int = 0  # the held-out split is fixed by this, not by the run seed
+    min_chars: int = 1
+    strict_utf8: bool = False
+    max_docs: int = 0  # 0 = all; a cap for quick runs and tests
+
+    def check(self, run) -> list[str]:
+        p = []
+        if self.batch_size <= 0:
+            p.append(f"data.batch_size={self.batch_size} must be positive")
+        if self.num_workers < 0:
+            p.append(f"data.num_workers={self.num_workers} must be >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            p.append(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        return p
+
+
+@dataclass
+class ReadReport:
+    files: int = 0
+    empty_files: list[str] = field(default_factory=list)
+    replaced_utf8: int = 0  # documents in which invalid bytes were replaced
+    short_docs: int = 0
+    docs: int = 0
+    chars: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"{self.docs} documents, {self.chars:,} characters from {self.files} file(s)"]
+        if self.empty_files:
+            out.append(f"skipped {len(self.empty_files)} empty file(s): {', '.join(self.empty_files[:5])}")
+        if self.replaced_utf8:
+            out.append(f"replaced invalid UTF-8 in {self.replaced_utf8} document(s) (data.strict_utf8=true to fail)")
+        if self.short_docs:
+            out.append(f"dropped {self.short_docs} document(s) shorter than data.min_chars")
+        return out
+
+
+def decode_utf8(raw: bytes, where: str, strict: bool, report: ReadReport) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if strict:
+            raise DataError(
+                f"{where}: invalid UTF-8 at byte offset {e.start} (data.strict_utf8=true)"
+            ) from None
+        report.replaced_utf8 += 1
+        return raw.decode("utf-8", errors="replace")
+
+
+def read_text_file(path: Path, strict: bool, report: ReadReport) -> str | None:
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    raw = path.read_bytes()
+    report.files += 1
+    if not raw.strip():
+        report.empty_files.append(str(path))
+        return None
+    text = decode_utf8(raw, str(path), strict, report)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def finish(texts: list[str], cfg: DataConfig, report: ReadReport, what: str):
+    """Apply the short-document rule and the cap, and build the Dataset."""
+    import datasets
+
+    kept = []
+    for t in texts:
+        if len(t) < max(cfg.min_chars, 1):
+            report.short_docs += 1
+        else:
+            kept.append(t)
+    if cfg.max_docs:
+        kept = kept[: cfg.max_docs]
+    if not kept:
+        raise DataError(f"no training text in {what}")
+    report.docs, report.chars = len(kept), sum(map(len, kept))
+    return datasets.Dataset.from_dict({"text": kept})
+
+
+class DataSource:
+    Config = DataConfig
+    task = "lm"  # which training task consumes this source (see lmlab.train.task)
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.report = ReadReport()
+
+    def load(self, cache_dir: str):
+        """-> datasets.Dataset with a 'text' column."""
+        raise NotImplementedError

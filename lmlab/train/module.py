@@ -1,0 +1,183 @@
+"""The Lightning module for language modelling: loss, metrics, optimizer, and resumable state.
+
+Guarantees:
+- Non-finite loss or gradient norm raises ``FloatingPointError`` naming the step *before* the
+  optimizer step, so parameters stay as they were after the previous step and no checkpoint of
+  the poisoned state is written.
+- Checkpoints carry what Lightning leaves out: torch/numpy/python RNG states and the data position
+  (batches consumed, workers), so a resumed run continues with the same batches and dropout draws.
+- Validation reports ``val/bpb``: total nats over the target tokens divided by the UTF-8 bytes
+  those tokens stand for, over ln 2 -- comparable across tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+import time
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmlab.config import to_dict
+from lmlab.model.transformer import build_model
+
+
+def lr_lambda(optim_cfg, max_steps: int):
+    def f(step: int) -> float:
+        if step < optim_cfg.warmup_steps:
+            return (step + 1) / optim_cfg.warmup_steps
+        span = max(1, max_steps - optim_cfg.warmup_steps)
+        progress = min(1.0, (step - optim_cfg.warmup_steps) / span)
+        cos = 0.5 * (1 + math.cos(math.pi * progress))
+        return optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * cos
+
+    return f
+
+
+class LMModule(L.LightningModule):
+    def __init__(self, run, tokenizer, bytes_len: torch.Tensor):
+        super().__init__()
+        self.run = run
+        self.tokenizer = tokenizer
+        self.model = build_model(run, tokenizer.vocab_size)
+        self.register_buffer("bytes_len", bytes_len.clone(), persistent=False)
+        self.batches_seen = 0
+        self.tokens_seen = 0
+        self.train_bytes = 0
+        self._t_last = None
+        self._tok_since = 0
+        self.tokens_per_sec = float("nan")
+        self.last_train_loss = float("nan")
+        self.val_history: list[dict] = []
+        self.expected_workers = run.data.num_workers
+
+    def forward(self, idx):
+        return self.model(idx)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx):
+        tokens = batch["tokens"]  # (B, T+1)
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        logits = self.model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        total = loss
+        aux = self.model.aux_loss()
+        if aux is not None:
+            total = loss + aux
+            self.log("train/aux_loss", aux.detach(), on_step=True)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"non-finite training loss ({total.item()}) at step {self.global_step}; "
+                "stopped before the optimizer step (lower optim.lr, check the data)"
+            )
+        self.batches_seen += 1
+        n = y.numel()
+        self.tokens_seen += n
+        self.train_bytes += int(self.bytes_len[y].sum())
+        self._tok_since += n
+        now = time.perf_counter()
+        if self._t_last is None:
+            self._t_last = now
+            self._tok_since = 0
+        elif self.global_step % self.run.trainer.log_every == 0 and now > self._t_last:
+            self.tokens_per_sec = self._tok_since / (now - self._t_last)
+            self._t_last, self._tok_since = now, 0
+            self.log("train/tokens_per_sec", self.tokens_per_sec, on_step=True)
+        self.last_train_loss = loss.item()
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log("train/epoch", float(batch["epoch"]), on_step=True)
+        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        for k, v in self._attention_metrics().items():
+            self.log(f"train/{k}", v, on_step=True)
+        return total
+
+    def _attention_metrics(self) -> dict:
+        out: dict = {}
+        for i, b in enumerate(self.model.blocks):
+            for k, v in b.attn.metrics().items():
+                out[f"{k}/layer{i}"] = v
+        return out
+
+    def on_before_optimizer_step(self, optimizer):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters() if p.grad is not None])
+        if not torch.isfinite(norm):
+            raise FloatingPointError(
+                f"non-finite gradient norm at step {self.global_step}; stopped before the optimizer step"
+            )
+        self.log("train/grad_norm", norm, on_step=True)
+
+    def configure_optimizers(self):
+        o = self.run.optim
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas),
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, self.run.trainer.max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self):
+        self._val = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
+
+    def validation_step(self, batch, batch_idx):
+        tokens = batch[0]
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        logits = self.model(x)
+        nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        self._val += torch.tensor([nats.item(), y.numel(), float(self.bytes_len[y].sum())], dtype=torch.float64)
+
+    def on_validation_epoch_end(self):
+        nats, n_tok, n_bytes = self._val.tolist()
+        if n_tok == 0:
+            return
+        loss = nats / n_tok
+        bpb = nats / max(n_bytes, 1.0) / math.log(2)
+        self.log("val/loss", loss)
+        self.log("val/bpb", bpb, prog_bar=True)
+        self.log("val/ppl", math.exp(min(loss, 50.0)))
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"step": self.global_step, "val_loss": loss, "val_bpb": bpb})
+
+    # ---------------------------------------------------------------- resumable state
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["lmlab"] = {
+            "config": to_dict(self.run),
+            "tokenizer": pickle.dumps(self.tokenizer),
+            "batches_seen": self.batches_seen,
+            "tokens_seen": self.tokens_seen,
+            "train_bytes": self.train_bytes,
+            "num_workers": self.run.data.num_workers,
+            "seed": self.run.seed,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "val_history": self.val_history,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("lmlab")
+        if state is None:
+            return
+        if state["num_workers"] != self.run.data.num_workers:
+            raise ValueError(
+                f"cannot resume: the checkpoint was written with data.num_workers={state['num_workers']}, "
+                f"this run has data.num_workers={self.run.data.num_workers} (batch order depends on it)"
+            )
+        if state["seed"] != self.run.seed:
+            raise ValueError(f"cannot resume: checkpoint seed={state['seed']}, this run seed={self.run.seed}")
+        self.batches_seen = state["batches_seen"]
+        self.tokens_seen = state["tokens_seen"]
+        self.train_bytes = state["train_bytes"]
+        self.val_history = list(state.get("val_history", []))
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])

@@ -1,0 +1,129 @@
+"""``train(run)``: one training run in its run directory, resumable, with a summary at the end.
+
+Run directory (stable, never a timestamp; see train.py): ``config.yaml`` (the resolved, validated
+config), ``metrics.csv``, ``checkpoints/`` (``last.ckpt`` + the ``trainer.keep_last`` newest
+``step-N.ckpt``), ``summary.json``. Running the same command again resumes from ``last.ckpt``.
+
+Threads: the trainer process uses ``trainer.num_threads`` intra-op threads (default: every core);
+tokenizer workers use one each and mostly sleep on a full prefetch queue (README: threads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from lmlab.config import to_dict
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def configure_threads(run) -> int:
+    n = run.trainer.num_threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def train(run, log=print) -> dict:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lmlab.train.checkpointing import AtomicCheckpointIO, GracefulStop, resolve_resume
+    from lmlab.train.logging import RunCSVLogger, wandb_logger
+    from lmlab.train.task import get_task
+
+    t0 = time.time()
+    run_dir = Path(run.run_dir or Path(run.out_dir) / run.run_name)
+    ckpt_dir = run_dir / "checkpoints"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = to_dict(run)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    threads = configure_threads(run)
+    L.seed_everything(run.seed, workers=False, verbose=False)
+
+    ckpt_path = resolve_resume(run.resume, ckpt_dir)
+    resume_step = None
+    if ckpt_path:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        resume_step = state["global_step"]
+        task_state = state.get("lmlab", {})
+        log(f"resuming from {ckpt_path} at step {resume_step}")
+    task = get_task(run, log=log)
+    task.datamodule.setup("fit")
+    if ckpt_path:
+        task.set_start_batch(task_state.get("batches_seen", resume_step))
+    module = task.module()
+    log(f"model: {module.model.n_params():,} parameters; run dir {run_dir}; {threads} torch threads, "
+        f"{run.data.num_workers} tokenizer worker(s)")
+
+    loggers = [RunCSVLogger(str(run_dir), resume_step)]
+    wb = wandb_logger(run, str(run_dir), config) if run.logger.wandb else None
+    if wb is not None:
+        loggers.append(wb)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="step-{step}", auto_insert_metric_name=False,
+        every_n_train_steps=run.trainer.val_every, save_top_k=run.trainer.keep_last,
+        monitor="step", mode="max", save_last=True,
+    )
+    progress = run.trainer.progress_bar if run.trainer.progress_bar is not None else sys.stdout.isatty()
+    trainer = L.Trainer(
+        accelerator=run.trainer.accelerator, devices=run.trainer.devices, num_nodes=run.trainer.num_nodes,
+        strategy=run.trainer.strategy, precision=run.trainer.precision,
+        max_steps=run.trainer.max_steps, val_check_interval=run.trainer.val_every,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=1.0,
+        log_every_n_steps=run.trainer.log_every, logger=loggers,
+        callbacks=[ckpt_cb, GracefulStop(ckpt_dir)], plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=run.optim.grad_clip or None, deterministic=run.trainer.deterministic,
+        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
+    )
+    try:
+        trainer.fit(module, datamodule=task.datamodule, ckpt_path=ckpt_path)
+        trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))
+        if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
+            trainer.validate(module, datamodule=task.datamodule, verbose=False)
+            module.val_history.append({"step": trainer.global_step, **_val_now(trainer)})
+        last = module.val_history[-1]
+        summary = {
+            "run_name": run.run_name,
+            "sweep_name": run.sweep_name,
+            "step": trainer.global_step,
+            "val_loss": last["val_loss"],
+            "val_bpb": last["val_bpb"],
+            "train_loss": module.last_train_loss,
+            "tokens_seen": module.tokens_seen,
+            "tokens_per_sec": module.tokens_per_sec,
+            "wall_time_s": time.time() - t0,
+            "threads": threads,
+            "num_workers": run.data.num_workers,
+            **task.summary(),
+        }
+        task.on_fit_end(run_dir)
+        _write_json(run_dir / "summary.json", summary)
+        ent = summary.get("val_byte_unigram_entropy")
+        log(f"done: step {summary['step']}, val bits/byte {summary['val_bpb']:.4f}"
+            + (f" (byte-unigram entropy of the same text: {ent:.4f})" if ent == ent and ent else "")
+            + f"; summary in {run_dir / 'summary.json'}")
+        for lg in loggers:
+            if hasattr(lg, "log_metrics") and lg is not loggers[0]:
+                lg.log_metrics({f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+        return summary
+    finally:
+        if wb is not None:
+            import wandb
+
+            wandb.finish()
+
+
+def _val_now(trainer) -> dict:
+    m = trainer.callback_metrics
+    return {"val_loss": float(m["val/loss"]), "val_bpb": float(m["val/bpb"])}

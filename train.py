@@ -1,0 +1,54 @@
+"""Train one model, or sweep many with -m.  python train.py attention=mla pos=rope2d
+
+Thin entry point: Hydra composes conf/, lmlab validates it (every problem at once, before any data
+or model work) and trains in outputs/<run_name>/ (resuming if that directory has a checkpoint).
+"""
+
+import os
+import sys
+
+# Nothing reaches a model/dataset hub unless the user asks (data.online=true)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+
+def _run_name(overrides: str) -> str:
+    return overrides.replace("/", "_") or "default"
+
+
+OmegaConf.register_new_resolver("lmlab_run_name", _run_name, replace=True)
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from lmlab.config import ConfigError, build_config
+    from lmlab.registry import UnknownVariantError
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        run = build_config(cfg)
+        run.run_dir = hc.runtime.output_dir
+        from lmlab.train.run import train
+
+        summary = train(run)
+        return summary["val_bpb"]
+    except (ConfigError, UnknownVariantError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        msg = f"error in run {hc.runtime.output_dir}:\n{e}"
+        if multirun:  # one failing job must not stop the sweep
+            print(msg, file=sys.stderr)
+            with open(os.path.join(hc.runtime.output_dir, "error.txt"), "w") as f:
+                f.write(str(e) + "\n")
+            return None
+        print(msg, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
