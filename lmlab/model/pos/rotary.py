@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from lmlab.model.pos.assign import assign_for
 from lmlab.model.pos.base import PosConfig, PosEncoding
 
 
@@ -54,6 +55,11 @@ def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Te
 class RotaryBase(PosEncoding):
     Config = RotaryConfig
     rotary = True
+    position_scheme = "flat"  # how lmlab.model.pos.assign lays out image/video segments
+
+    def assign(self, segments) -> torch.Tensor:
+        """Positions (N, A) of a text/image/video segment list under this scheme (SPEC §8)."""
+        return assign_for(self, segments)
 
     def pair_axes(self, n_pairs: int) -> list[int]:
         """Which position axis drives each frequency pair."""
@@ -65,6 +71,11 @@ class RotaryBase(PosEncoding):
 
     def angles(self, positions: torch.Tensor, dim: int) -> torch.Tensor:
         """positions (B, T, A) -> angles (B, T, dim/2), computed in float64 for exact positions."""
+        if positions.shape[-1] != self.n_axes:
+            raise ValueError(
+                f"pos '{self.cfg.name}' takes positions with {self.n_axes} axes (B, T, {self.n_axes}); "
+                f"got shape {tuple(positions.shape)}"
+            )
         n_pairs = dim // 2
         axes = torch.tensor(self.pair_axes(n_pairs), device=positions.device)
         pos = positions.to(torch.float64).index_select(-1, axes)  # (B, T, D/2)
