@@ -1,0 +1,233 @@
+"""Continuation probe (SPEC §5): byte-level probabilities against brute force, the search bound,
+greedy checks, and the matched prompt construction."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_healing import TableLM  # the toy LM given as a lookup table
+
+from lmlab.eval.healing import Healer, VocabIndex, generate
+from lmlab.eval.probe import ProbeConfig, Query, make_prompts, run_probe, run_queries
+from lmlab.tokenizers.base import Tokenizer
+
+# id 0: end of text (no bytes); "a" twice (a piece and its byte-fallback twin spell the same bytes)
+VOCAB = ["", "a", "b", "c", "ab", "ba", "abc", "bc", "ca", "aba", "a"]
+TABLE = [v.encode() for v in VOCAB]
+V = len(TABLE)
+
+
+def softmax_row(lm, ctx):
+    return torch.softmax(lm.row(tuple(ctx)), 0).numpy()
+
+
+def brute_force(lm, ctx, target: bytes, constraint: bytes = b"", k_mode: bool = False) -> float:
+    """Σ over every token sequence t1..tn (n ≤ len(target)) whose bytes first cover ``target``;
+    constrained steps (healing) renormalise over their allowed set, written from the definition."""
+    total = 0.0
+    for n in range(1, len(target) + 1):
+        for seq in itertools.product(range(V), repeat=n):
+            bs = [TABLE[t] for t in seq]
+            before = b"".join(bs[:-1])
+            if not all(bs) or len(before) >= len(target) or not b"".join(bs).startswith(target):
+                continue
+            w, c, gen = 1.0, list(ctx), b""
+            for t in seq:
+                p = softmax_row(lm, c)
+                if len(gen) < len(constraint):
+                    def ok(b, gen=gen):
+                        g = gen + b
+                        return g.startswith(constraint) or (k_mode and constraint.startswith(g))
+
+                    allowed = [i for i in range(V) if TABLE[i] and ok(TABLE[i])]
+                    w *= p[t] / p[allowed].sum() if t in allowed else 0.0
+                else:
+                    w *= p[t]
+                gen += TABLE[t]
+                c.append(t)
+            total += w
+    return total
+
+
+def encode(text: str) -> list[int]:
+    """Longest match first (deterministic toy segmentation)."""
+    raw, ids, i = text.encode(), [], 0
+    while i < len(raw):
+        best = max((j for j in range(1, V) if raw.startswith(TABLE[j], i)), key=lambda j: len(TABLE[j]))
+        ids.append(best)
+        i += len(TABLE[best])
+    return ids
+
+
+TARGETS = [b"a", b"ab", b"abc", b"bab", b"cab", b"abca"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probability_equals_brute_force(seed):
+    lm = TableLM(V, seed=seed, scale=1.5)
+    index = VocabIndex(TABLE)
+    ctx = (2, 3)
+    qs = [Query(ctx, t) for t in TARGETS]
+    run_queries(lm, index, qs, min_prob=0.0)
+    for q in qs:
+        assert q.dropped == 0.0
+        assert q.p == pytest.approx(brute_force(lm, ctx, q.target), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_healed_probability_equals_brute_force(k):
+    lm = TableLM(V, seed=7, scale=1.5)
+    index = VocabIndex(TABLE)
+    prompt = encode("ccab")  # c / ca / b: k=1 removes "b" (extended by ba, bc); k=2 removes "cab"
+    st = Healer(index, k).start(prompt)
+    assert st.k == k and st.removed == b"".join(TABLE[i] for i in prompt[-k:])
+    for y in [b"a", b"ca", b"cab"][: 3 if k == 1 else 2]:  # brute force costs V^len(removed + y)
+        q = Query(tuple(st.ids), st.removed + y, constraint=st.removed, k_mode=k > 1)
+        run_queries(lm, index, [q])
+        want = brute_force(lm, st.ids, st.removed + y, st.removed, k > 1)
+        assert want > 0 and q.p == pytest.approx(want, rel=1e-9)
+
+
+def test_next_byte_probabilities_sum_to_one():
+    """Σ_b P(next byte = b) + p(end-of-text token) = 1: no spelling counted twice or missed."""
+    lm = TableLM(V, seed=2)
+    index = VocabIndex(TABLE)
+    qs = [Query((1,), b) for b in (b"a", b"b", b"c")]
+    run_queries(lm, index, qs)
+    p_eot = softmax_row(lm, (1,))[0]
+    assert sum(q.p for q in qs) + p_eot == pytest.approx(1.0, abs=1e-12)
+
+
+def test_bounded_search_brackets_the_exact_value():
+    """min_prob > 0: the reported p is a lower bound and p + dropped an upper bound."""
+    index = VocabIndex(TABLE)
+    any_dropped = False
+    for seed in range(4):
+        lm = TableLM(V, seed=seed, scale=1.0)
+        qs = [Query((3,), t) for t in TARGETS]
+        run_queries(lm, index, qs, min_prob=0.05)
+        for q in qs:
+            exact = brute_force(lm, (3,), q.target)
+            assert q.p <= exact + 1e-12 <= q.p + q.dropped + 2e-12
+            any_dropped |= q.dropped > 0
+    assert any_dropped
+
+
+def test_each_node_evaluated_once():
+    """Model rows = distinct token sequences spelling a proper prefix of the target (plus the root)."""
+    lm = TableLM(V, seed=0)
+    index = VocabIndex(TABLE)
+    target = b"abca"
+    rows = run_queries(lm, index, [Query((3,), target), Query((3,), target[:2])])
+    n = 1
+    for m in range(1, len(target)):
+        n += sum(1 for seq in itertools.product(range(1, V), repeat=m)
+                 if len(b"".join(TABLE[t] for t in seq)) < len(target)
+                 and target.startswith(b"".join(TABLE[t] for t in seq)))
+    assert rows == n
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_greedy_matches_reference_decoding(k):
+    index = VocabIndex(TABLE)
+    for seed in range(5):
+        lm = TableLM(V, seed=seed)
+        prompt = encode("ccab")
+        ref = generate(lm, index, prompt, max_new_tokens=6, k=k, stop_ids=[0])
+        st = Healer(index, k).start(prompt)
+        out = b"".join(TABLE[i] for i in ref.ids[len(st.ids):])  # bytes after the (healed) context
+        for target in [st.removed + b"a", st.removed + b"abc"]:
+            q = Query(tuple(st.ids), target, constraint=st.removed, k_mode=k > 1, greedy=True)
+            run_queries(lm, index, [q])
+            assert out.startswith(q.generated)
+            assert q.generated.startswith(target) == out.startswith(target)
+
+
+class ToyTokenizer(Tokenizer):
+    def __init__(self, pieces):
+        self.table = [b""] + [p.encode() for p in pieces]
+
+    @property
+    def vocab_size(self):
+        return len(self.table)
+
+    @property
+    def eos_id(self):
+        return 0
+
+    def encode(self, text, rng=None):
+        raw, ids, i = text.encode(), [], 0
+        while i < len(raw):
+            j = max((j for j in range(1, len(self.table)) if raw.startswith(self.table[j], i)),
+                    key=lambda j: len(self.table[j]))
+            ids.append(j)
+            i += len(self.table[j])
+        return ids
+
+    def piece_bytes(self, token_id):
+        return self.table[token_id]
+
+
+WORDS = ["the", "sun", "sunshine", "白云", "机场", "in", "rain", "is", "warm"]
+
+
+def toy_text(seed: int, n_words: int = 400) -> str:
+    rng = np.random.default_rng(seed)
+    return "".join(" " + WORDS[i] if rng.random() < 0.8 else "\n" + WORDS[i]
+                   for i in rng.integers(len(WORDS), size=n_words))
+
+
+def toy_tokenizer() -> ToyTokenizer:
+    chars = sorted(set("".join(WORDS)) | {" ", "\n"})
+    return ToyTokenizer(chars + [" " + w for w in WORDS] + ["sun", "shine", "白", "云"])
+
+
+def test_prompts_are_matched_boundary_and_mid_token_cuts():
+    tok = toy_tokenizer()
+    texts = [toy_text(0), toy_text(1)]
+    cfg = ProbeConfig(n_prompts=40, context_tokens=12, max_target_bytes=6, seed=3)
+    prompts = make_prompts(tok, texts, cfg)
+    assert len(prompts) == 2 * 40
+    for b, m in zip(prompts[0::2], prompts[1::2]):
+        assert (b.kind, m.kind, b.pair) == ("boundary", "mid_token", m.pair)
+        assert len(b.ids) == len(m.ids) == cfg.context_tokens
+        pb, pm = tok.decode_bytes(b.ids), tok.decode_bytes(m.ids)
+        # locate both cuts in their document (12-token contexts of this text are unique)
+        doc = next(t.encode() for t in texts if (pb + b.word) in t.encode() and pm in t.encode())
+        cut_b = doc.index(pb + b.word) + len(pb)
+        cut_m = doc.index(pm + m.word) + len(pm)
+        full = tok.encode(doc.decode())
+        starts = np.cumsum([0] + [len(tok.piece_bytes(i)) for i in full]).tolist()
+        assert cut_b in starts  # a token boundary of the deterministic segmentation
+        token = tok.piece_bytes(full[starts.index(cut_b)])
+        assert cut_b < cut_m < cut_b + len(token)  # strictly inside the token that starts there
+        assert doc[cut_m:].startswith(m.word) and m.char == doc[cut_m:cut_m + len(m.char)]
+        assert b.char == doc[cut_b:cut_b + len(b.char)] and len(b.char.decode()) == 1
+        assert m.word.startswith(m.char) and b.word.startswith(b.char)
+
+
+def test_run_probe_end_to_end_on_a_tiny_transformer():
+    from lmlab.config import ModelConfig, load_variants
+    from lmlab.model.transformer import Transformer
+    from lmlab.registry import ATTENTION, POS
+
+    load_variants()
+    torch.manual_seed(0)
+    tok = toy_tokenizer()
+    mcfg = ModelConfig(d_model=32, n_layer=1, n_head=2, seq_len=64)
+    model = Transformer(mcfg, ATTENTION.get("mha").Config(), POS.get("rope").Config(), tok.vocab_size)
+    res = run_probe(model, tok, [toy_text(5)], n_prompts=10, context_tokens=16, heal_k=[1, 2],
+                    max_target_bytes=6, min_prob=1e-3)
+    json.dumps(res)  # JSON-ready
+    assert res["n_pairs"] == 10 and model.training  # train mode restored after the probe
+    for name in ("plain", "heal_k1", "heal_k2"):
+        v = res[name]
+        for m in ("p_char", "p_word", "greedy_char", "greedy_word"):
+            assert 0.0 <= v["mid_token"][m] <= 1.0 and 0.0 <= v["boundary"][m] <= 1.0
+            assert v["gap"][m] == pytest.approx(v["boundary"][m] - v["mid_token"][m])
+        assert v["boundary"]["dropped_max"] <= 1.0
+        assert all(math.isfinite(v[k]["bits_char"]) for k in ("boundary", "mid_token"))
+    assert res["heal_k1"]["mid_token"]["healed_frac"] > 0
