@@ -22,10 +22,9 @@ from lmlab import registry
 class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__(
-            "invalid config (%d problem%s):\n  - %s"
-            % (len(problems), "" if len(problems) == 1 else "s", "\n  - ".join(problems))
-        )
+        n = len(problems)
+        items = "\n  - ".join(problems)
+        super().__init__(f"invalid config ({n} problem{'' if n == 1 else 's'}):\n  - {items}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,9 +59,10 @@ class ModelConfig:
     def check(self, run: RunConfig) -> list[str]:
         p = []
         for k in ("d_model", "n_layer", "n_head", "seq_len"):
-            if getattr(self, k) <= 0:
+            if isinstance(getattr(self, k), int) and getattr(self, k) <= 0:
                 p.append(f"model.{k}={getattr(self, k)} must be positive")
-        if self.head_dim is None and self.n_head > 0 and self.d_model % self.n_head:
+        ints = all(isinstance(v, int) for v in (self.d_model, self.n_head))
+        if ints and self.head_dim is None and self.n_head > 0 and self.d_model % self.n_head:
             p.append(
                 f"model.n_head={self.n_head} does not divide model.d_model={self.d_model}"
                 " (set model.head_dim explicitly, or pick a divisor)"
@@ -258,15 +258,18 @@ def _checks(obj: Any, run: RunConfig, problems: list[str]) -> None:
         return
     check = getattr(obj, "check", None)
     if callable(check):
-        problems.extend(check(run))
+        try:
+            problems.extend(check(run))
+        except (TypeError, ValueError, AttributeError):
+            pass  # a wrongly typed value, already reported, made this check meaningless
     for f in dataclasses.fields(obj):
         _checks(getattr(obj, f.name), run, problems)
 
 
 def load_variants() -> None:
     """Import every variant module so the registries are complete."""
-    for pkg in ("lmlab.model.attention", "lmlab.model.pos", "lmlab.tokenizers", "lmlab.data.sources"):
-        registry.import_submodules(pkg)
+    for reg in (registry.ATTENTION, registry.POS, registry.TOKENIZER, registry.DATA):
+        reg.names()
 
 
 def build_config(cfg: Any) -> RunConfig:
@@ -291,3 +294,24 @@ def build_config(cfg: Any) -> RunConfig:
 
 def to_dict(run: RunConfig) -> dict:
     return dataclasses.asdict(run)
+
+
+CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), validate: bool = True):
+    """Compose conf/ with Hydra's compose API (no run directory, no logging), for tools and tests.
+
+    Returns the validated RunConfig (or the raw DictConfig with ``validate=False``).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("lmlab_run_name", lambda s: s.replace("/", "_") or "default", replace=True)
+    overrides = list(overrides)
+    if not any(o.startswith("run_name=") for o in overrides):
+        overrides.append("run_name=composed")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    return build_config(cfg) if validate else cfg

@@ -8,7 +8,8 @@ see ``lmlab.config``).
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -19,9 +20,16 @@ class UnknownVariantError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, package: str):
         self.kind = kind
+        self.package = package  # imported on first lookup, so every variant has registered
         self._entries: dict[str, type[T]] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            import_submodules(self.package)
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
         def deco(cls: type[T]) -> type[T]:
@@ -34,6 +42,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> type[T]:
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -42,16 +51,18 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._entries
 
 
-ATTENTION: Registry = Registry("attention")
-POS: Registry = Registry("pos")
-TOKENIZER: Registry = Registry("tokenizer")
-DATA: Registry = Registry("data")
+ATTENTION: Registry = Registry("attention", "lmlab.model.attention")
+POS: Registry = Registry("pos", "lmlab.model.pos")
+TOKENIZER: Registry = Registry("tokenizer", "lmlab.tokenizers")
+DATA: Registry = Registry("data", "lmlab.data.sources")
 
 
 def import_submodules(package_name: str) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.config import to_dict
+from lmlab.eval.metrics import bits_per_byte, nats_and_bytes
 from lmlab.model.transformer import build_model
 
 
@@ -129,16 +130,15 @@ class LMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         tokens = batch[0]
         x, y = tokens[:, :-1], tokens[:, 1:]
-        logits = self.model(x)
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-        self._val += torch.tensor([nats.item(), y.numel(), float(self.bytes_len[y].sum())], dtype=torch.float64)
+        nats, n_tok, n_bytes = nats_and_bytes(self.model(x), y, self.bytes_len)
+        self._val += torch.tensor([nats, n_tok, n_bytes], dtype=torch.float64)
 
     def on_validation_epoch_end(self):
         nats, n_tok, n_bytes = self._val.tolist()
         if n_tok == 0:
             return
         loss = nats / n_tok
-        bpb = nats / max(n_bytes, 1.0) / math.log(2)
+        bpb = bits_per_byte(nats, n_bytes)
         self.log("val/loss", loss)
         self.log("val/bpb", bpb, prog_bar=True)
         self.log("val/ppl", math.exp(min(loss, 50.0)))
