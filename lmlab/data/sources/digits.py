@@ -1,0 +1,135 @@
+"""``data=digits``: scikit-learn's bundled 8×8 handwritten digits as image-text sequences (SPEC §15.3).
+
+This source feeds the ``image_text`` task (``lmlab.multimodal.task``), not the text pipeline: the
+sequences, vocabulary (260 byte-level ids, the ``tokenizer`` group is not used), heads and metrics
+live in ``lmlab.multimodal``. The keys of this group configure the whole lab, so that a run's
+``data.*`` says everything about the image side (patch size, image head, templates).
+
+Start-up checks (each names the key to change): a patch size that does not divide the 8×8 image; a
+template that is not ``{word}``/``{numeral}`` text; a caption (under any template, any digit) whose
+sequence is longer than ``model.seq_len``; a position scheme that cannot place the image (e.g. an axis
+count its assigner does not support); a learned position table shorter than the largest position
+the assigner gives. (Attention/position incompatibilities, e.g. RoPE with ``attention=vq``, are the
+attention's own checks.) Inherited keys ``val_fraction``, ``min_chars`` and ``strict_utf8`` do not
+apply; ``val_seed`` fixes the split permutation and ``max_docs`` caps the training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lmlab.data.sources.base import DataConfig, DataSource
+from lmlab.registry import DATA
+
+N_IMAGES = 1797
+
+
+@dataclass
+class DigitsConfig(DataConfig):
+    name: str = "digits"
+    batch_size: int = 32
+    num_workers: int = 0  # sequences are built in the trainer process (microseconds each)
+    patch: int = 2  # p: p×p patches, M = (8/p)² per image
+    image_head: Literal["categorical", "fbdm"] = "categorical"
+    fbdm_n: int = 16  # non-DC frequencies N (SPEC §14: 8-16 real-line, ≥ 34 unit)
+    fbdm_mode: Literal["real", "unit"] = "real"
+    fbdm_gamma: float = 1e-4  # smoothness penalty weight on normalized coefficients
+    img_weight: float = 1.0  # λ_img: loss = text CE + λ_img · image NLL per pixel
+    n_test: int = 360
+    n_val: int = 144  # carved from the 1437 training images; early stopping / best checkpoint
+    understand_frac: float = 0.5  # share of training sequences with the caption after the image
+    train_templates: list[str] = field(default_factory=lambda: [
+        "this is a {word}.", "a handwritten {word}.", "the digit {numeral}.", "a picture of {word}."])
+    eval_template: str = "this is a {word}."
+    eval_split: Literal["test", "val"] = "test"  # where the final summary metrics are measured
+    samples_per_class: int = 20  # caption-conditioned samples per digit (judge accuracy, PNG grid)
+    val_caption_acc: bool = False  # also score the 10 captions at every validation (slower)
+    patience: int = 0  # stop after this many validations without a better val image bpp (0: never)
+
+    def check(self, run) -> list[str]:
+        p = [q for q in super().check(run) if not q.startswith("data.val_fraction")]
+        from lmlab.multimodal import digits
+
+        if self.patch <= 0 or digits.SIDE % self.patch:
+            p.append(
+                f"data.patch={self.patch} does not divide the {digits.SIDE}×{digits.SIDE} digits image"
+                " (choose 1, 2, 4 or 8)"
+            )
+        if self.fbdm_n < 1:
+            p.append(f"data.fbdm_n={self.fbdm_n} must be >= 1")
+        if self.patience < 0:
+            p.append(f"data.patience={self.patience} must be >= 0 (0 disables early stopping)")
+        if self.img_weight < 0:
+            p.append(f"data.img_weight={self.img_weight} must be >= 0")
+        if not 0.0 <= self.understand_frac <= 1.0:
+            p.append(f"data.understand_frac={self.understand_frac} must be in [0, 1]")
+        if self.n_test < 1 or self.n_val < 1 or self.n_test + self.n_val >= N_IMAGES:
+            p.append(f"data.n_test={self.n_test} + data.n_val={self.n_val} must leave training images"
+                     f" out of {N_IMAGES} (each >= 1)")
+        if not self.train_templates:
+            p.append("data.train_templates is empty")
+        templates = {f"data.train_templates[{i}]": t for i, t in enumerate(self.train_templates)}
+        templates["data.eval_template"] = self.eval_template
+        bad = False
+        for key, t in templates.items():
+            try:
+                digits.caption(t, 7)
+            except (KeyError, IndexError, ValueError) as e:
+                p.append(f"{key}={t!r} is not a caption template: only {{word}} and {{numeral}} may be"
+                         f" filled ({type(e).__name__}: {e})")
+                bad = True
+        if bad or self.patch <= 0 or digits.SIDE % self.patch:
+            return p
+        for key, t in templates.items():
+            need = digits.max_layout_len(self.patch, [t])
+            if need > run.model.seq_len:
+                longest = max(len(digits.caption(t, y)) for y in range(10))
+                p.append(
+                    f"{key}={t!r} makes captions of up to {longest} bytes; with {(digits.SIDE // self.patch) ** 2}"
+                    f" patches and 4 special tokens the sequence has {need} slots > model.seq_len="
+                    f"{run.model.seq_len} (raise model.seq_len or shorten the caption)"
+                )
+        p += self._position_problems(run, templates.values())
+        return p
+
+    def _position_problems(self, run, templates) -> list[str]:
+        """Lay out the longest sequences with the configured pos module's own assigner."""
+        from lmlab.model.pos.assign import assign_for
+        from lmlab.multimodal import digits
+        from lmlab.registry import POS
+
+        if run.pos is None or run.pos.name not in POS:
+            return []
+        try:
+            pos = POS.get(run.pos.name)(run.pos, run.model)
+        except Exception:  # noqa: BLE001 - the pos config's own check reports why it cannot be built
+            return []
+        cap_len = max(len(digits.caption(t, y)) for t in templates for y in range(10))
+        grid = (digits.SIDE // self.patch,) * 2
+        top = 0.0
+        for direction in (digits.UNDERSTAND, digits.GENERATE):
+            try:
+                top = max(top, float(assign_for(pos, digits.Layout(direction, cap_len, grid).segments()).max()))
+            except ValueError as e:
+                return [f"pos.name={run.pos.name} cannot place the {grid[0]}×{grid[1]}-patch digits image: {e}"]
+        table = getattr(pos, "max_len", None)
+        if table is not None and top + 1 > table:
+            return [
+                f"pos.name={run.pos.name}: the digits sequences reach position {int(top)}, beyond the learned"
+                f" table of {table} (set pos.max_len >= {int(top) + 1} or raise model.seq_len)"
+            ]
+        return []
+
+
+@DATA.register("digits")
+class Digits(DataSource):
+    Config = DigitsConfig
+    task = "image_text"
+
+    def load(self, cache_dir: str):
+        """The splits as {"train"|"val"|"test": (images (n, 8, 8), labels (n,))}; no text column."""
+        from lmlab.multimodal.digits import load_split
+
+        c = self.cfg
+        return load_split(c.val_seed, c.n_test, c.n_val, c.max_docs)

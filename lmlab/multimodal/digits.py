@@ -1,0 +1,224 @@
+"""Digits image-text sequences (SPEC §15.3): scikit-learn's bundled 8×8 digits as captions + continuous patches.
+
+Design choices and guarantees:
+- Data: ``sklearn.datasets.load_digits()`` (bundled with scikit-learn, no download): 1797 images, integer
+  intensities 0..16 (17 levels). Split: ``np.random.default_rng(split_seed).permutation(1797)``; the first
+  ``n_test`` (360) are the test split, the rest (1437) the training split, of which the first ``n_val``
+  (144) are carved out for validation (early stopping) and the remaining 1293 are trained on.
+- Vocabulary (260): bytes 0..255, then [BOS] [EOS] [IMG] [/IMG]. Captions are UTF-8 bytes of a template
+  filled with the digit's word ("seven") or numeral ("7").
+- Two directions, mixed 50/50 in training:
+  understand ``[BOS] [IMG] P1..PM [/IMG] caption [EOS]``; generate ``[BOS] caption [IMG] P1..PM [/IMG] [EOS]``.
+- Patches: p ∈ {1, 2, 4}; M = (8/p)² patches in raster order, pixels raster order inside a patch.
+  The model input is 2v/16 - 1 ∈ [-1, 1]^{p²}: continuous and invertible (``to_input``/``from_input``),
+  so the input is lossless; patchify/unpatchify are exact inverses (tests).
+- Targets: slot t predicts slot t+1. ``role[t]`` says what that next slot is (caption byte, [IMG],
+  [/IMG], [EOS] or an image patch), so losses and metrics mask per modality (SPEC §15 pitfalls):
+  text CE only where the next slot is text, image NLL only where it is a patch; [/IMG] is reported
+  apart and kept out of caption bits/byte.
+- Training draws (template, direction) per example from ``default_rng([seed, epoch, index])``; the
+  order of examples in an epoch from ``default_rng([seed, epoch])``. Both depend only on the global
+  example index, so a resumed run (``start`` = batches consumed × batch size) sees the same stream.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+BOS, EOS, IMG, IMG_END = 256, 257, 258, 259
+VOCAB_SIZE = 260
+LEVELS = 17
+SIDE = 8  # digits are SIDE × SIDE
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TRAIN_TEMPLATES = ("this is a {word}.", "a handwritten {word}.", "the digit {numeral}.", "a picture of {word}.")
+EVAL_TEMPLATE = "this is a {word}."
+
+UNDERSTAND, GENERATE = 0, 1
+DIRECTIONS = ("understand", "generate")
+# role of the *target* slot (what slot t+1 holds)
+NONE, CAPTION, OPEN, CLOSE, END, PATCH = 0, 1, 2, 3, 4, 5
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.int64), d.target.astype(np.int64)
+
+
+def load_split(split_seed: int = 0, n_test: int = 360, n_val: int = 144, max_train: int = 0) -> dict:
+    """{"train"|"val"|"test": (images (n, 8, 8) int64 levels, labels (n,) int64)}."""
+    images, labels = _load()
+    perm = np.random.default_rng(split_seed).permutation(len(images))
+    test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    if max_train:
+        train = train[:max_train]
+    return {k: (images[idx], labels[idx]) for k, idx in (("train", train), ("val", val), ("test", test))}
+
+
+# ------------------------------------------------------------------------------------------------
+# Patches and the lossless input map
+# ------------------------------------------------------------------------------------------------
+
+
+def patchify(images, p: int):
+    """(..., H, W) -> (..., (H/p)(W/p), p²): patches in raster order, pixels raster order inside."""
+    *lead, H, W = images.shape
+    if H % p or W % p:
+        raise ValueError(f"patch size {p} does not divide the {H}×{W} image")
+    x = images.reshape(*lead, H // p, p, W // p, p)  # (..., h, p, w, p)
+    n = len(lead)
+    x = x.transpose(*range(n), n, n + 2, n + 1, n + 3) if isinstance(x, np.ndarray) else x.permute(
+        *range(n), n, n + 2, n + 1, n + 3)  # (..., h, w, p, p)
+    return x.reshape(*lead, (H // p) * (W // p), p * p)
+
+
+def unpatchify(patches, p: int, H: int = SIDE, W: int = SIDE):
+    """(..., M, p²) -> (..., H, W); the inverse of ``patchify``."""
+    *lead, M, P = patches.shape
+    x = patches.reshape(*lead, H // p, W // p, p, p)  # (..., h, w, p, p)
+    n = len(lead)
+    x = x.transpose(*range(n), n, n + 2, n + 1, n + 3) if isinstance(x, np.ndarray) else x.permute(
+        *range(n), n, n + 2, n + 1, n + 3)  # (..., h, p, w, p)
+    return x.reshape(*lead, H, W)
+
+
+def to_input(levels):
+    """Intensity levels 0..16 -> continuous model inputs 2v/16 - 1 in [-1, 1] (invertible)."""
+    return levels * (2.0 / (LEVELS - 1)) - 1.0
+
+
+def from_input(x):
+    return (x + 1.0) * ((LEVELS - 1) / 2.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Captions and sequence layout
+# ------------------------------------------------------------------------------------------------
+
+
+def caption(template: str, label: int) -> bytes:
+    return template.format(word=WORDS[label], numeral=str(label)).encode("utf-8")
+
+
+class Layout(NamedTuple):
+    """What fixes the slot structure (and so the positions) of one sequence (a tuple: Lightning moves
+    batches with it untouched)."""
+
+    direction: int
+    cap_len: int
+    grid: tuple[int, int]  # (h, w) patches
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def segments(self) -> list[tuple]:
+        h, w = self.grid
+        if self.direction == UNDERSTAND:  # [BOS] [IMG] | image | [/IMG] caption [EOS]
+            return [("text", 2), ("image", h, w), ("text", self.cap_len + 2)]
+        return [("text", self.cap_len + 2), ("image", h, w), ("text", 2)]  # [BOS] caption [IMG] | image | [/IMG] [EOS]
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_patches + self.cap_len + 4
+
+
+def encode(cap: bytes, patches: np.ndarray, direction: int) -> dict:
+    """One sequence as arrays: tokens (T,), is_image (T,), text_target (T,), role (T,), patches (M, P)."""
+    M = len(patches)
+    if direction == UNDERSTAND:
+        toks = [BOS, IMG] + [IMG] * M + [IMG_END] + list(cap) + [EOS]
+        img_start = 2
+    else:
+        toks = [BOS] + list(cap) + [IMG] + [IMG] * M + [IMG_END, EOS]
+        img_start = len(cap) + 2
+    T = len(toks)
+    tokens = np.asarray(toks, dtype=np.int64)  # image slots hold a placeholder, replaced by the embedding
+    is_image = np.zeros(T, dtype=bool)
+    is_image[img_start : img_start + M] = True
+    role = np.full(T, NONE, dtype=np.int64)
+    nxt = tokens[1:]
+    role[:-1] = np.select(
+        [is_image[1:], nxt == IMG, nxt == IMG_END, nxt == EOS], [PATCH, OPEN, CLOSE, END], CAPTION
+    )
+    text_target = np.full(T, -100, dtype=np.int64)
+    txt = (role != NONE) & (role != PATCH)
+    text_target[:-1][txt[:-1]] = nxt[txt[:-1]]
+    return {"tokens": tokens, "is_image": is_image, "role": role, "text_target": text_target,
+            "patches": patches.astype(np.int64), "direction": direction, "cap_len": len(cap)}
+
+
+def collate(examples: list[dict], grid: tuple[int, int]) -> dict:
+    """Right-pad to the longest sequence; padding is never a target (causal, so it changes nothing before it)."""
+    T = max(len(e["tokens"]) for e in examples)
+    B = len(examples)
+    out = {
+        "tokens": torch.full((B, T), EOS, dtype=torch.long),
+        "is_image": torch.zeros(B, T, dtype=torch.bool),
+        "role": torch.zeros(B, T, dtype=torch.long),
+        "text_target": torch.full((B, T), -100, dtype=torch.long),
+    }
+    for b, e in enumerate(examples):
+        n = len(e["tokens"])
+        for k in ("tokens", "is_image", "role", "text_target"):
+            out[k][b, :n] = torch.from_numpy(e[k])
+    out["patches"] = torch.from_numpy(np.stack([e["patches"] for e in examples]))  # (B, M, P)
+    out["layouts"] = [Layout(e["direction"], e["cap_len"], grid) for e in examples]
+    out["direction"] = torch.tensor([e["direction"] for e in examples])
+    return out
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Endless training batches; example k of the stream is a pure function of (seed, k)."""
+
+    def __init__(self, images, labels, patch: int, batch_size: int, seed: int, templates,
+                 understand_frac: float = 0.5, start_batch: int = 0):
+        self.patches = patchify(images, patch)  # (n, M, P)
+        self.labels = labels
+        self.grid = (SIDE // patch, SIDE // patch)
+        self.batch_size, self.seed, self.templates = batch_size, seed, list(templates)
+        self.understand_frac = understand_frac
+        self.start_batch = start_batch
+
+    def example(self, k: int) -> dict:
+        n = len(self.labels)
+        epoch, j = divmod(k, n)
+        idx = int(np.random.default_rng([self.seed, epoch]).permutation(n)[j])
+        rng = np.random.default_rng([self.seed, epoch, idx])
+        template = self.templates[rng.integers(len(self.templates))]
+        direction = UNDERSTAND if rng.random() < self.understand_frac else GENERATE
+        return encode(caption(template, int(self.labels[idx])), self.patches[idx], direction) | {"epoch": epoch}
+
+    def __iter__(self):
+        b = self.start_batch
+        while True:
+            k0 = b * self.batch_size
+            exs = [self.example(k) for k in range(k0, k0 + self.batch_size)]
+            batch = collate(exs, self.grid)
+            batch["epoch"] = exs[-1]["epoch"]
+            yield batch
+            b += 1
+
+
+def eval_batches(images, labels, patch: int, batch_size: int, template: str = EVAL_TEMPLATE,
+                 directions=(UNDERSTAND, GENERATE)) -> list[dict]:
+    """Deterministic evaluation batches: every image once per direction, fixed template."""
+    grid = (SIDE // patch, SIDE // patch)
+    patches = patchify(images, patch)
+    out = []
+    for d in directions:
+        exs = [encode(caption(template, int(y)), patches[i], d) for i, y in enumerate(labels)]
+        out += [collate(exs[i : i + batch_size], grid) for i in range(0, len(exs), batch_size)]
+    return out
+
+
+def max_layout_len(patch: int, templates) -> int:
+    """Slots of the longest sequence any template makes (captions of all ten digits)."""
+    longest = max(len(caption(t, y)) for t in templates for y in range(10))
+    return (SIDE // patch) ** 2 + longest + 4

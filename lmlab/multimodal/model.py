@@ -1,0 +1,116 @@
+"""The image-text model: lmlab's Transformer fed text tokens and continuous image patches (SPEC §15.3).
+
+- Input: ``tok_emb`` at text slots, ``Linear(p², d_model)`` of the patch vector 2v/16 - 1 at image
+  slots, passed to ``Transformer.forward(embeds=...)``. Nothing is quantized on the way in.
+- Positions: every sequence's slots get coordinates from the pos module's own assigner
+  (``lmlab.model.pos.assign.assign_for``: flat for rope/learned/sinusoidal/alibi/none, rope2d, RoPE-Tie
+  v1/v2 and M-RoPE placements), cached per layout, passed as float (B, T, A) -- half-integers survive.
+- Output: the Transformer's softmax head for text; an image head (``heads.py``) on the hidden state
+  ``h_t`` wherever slot t+1 is a patch ([IMG] predicts P1, Pj predicts P(j+1)); PM predicts [/IMG]
+  through the text head.
+- ``losses`` returns per-target quantities with the modality masks applied: text NLL only where the
+  next slot is text, image NLL only where it is a patch (SPEC §15 pitfall).
+
+Guarantee (tests/test_multimodal_model.py): causal -- perturbing patch j leaves every text logit and
+every image prediction before it unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.model.pos.assign import assign_for
+from lmlab.model.transformer import Transformer
+from lmlab.multimodal import digits
+from lmlab.multimodal.digits import PATCH, VOCAB_SIZE, Layout
+from lmlab.multimodal.heads import build_head
+
+
+class ImageTextModel(nn.Module):
+    def __init__(self, run):
+        super().__init__()
+        d = run.data
+        C = run.model.d_model
+        self.patch = d.patch
+        self.grid = (digits.SIDE // d.patch, digits.SIDE // d.patch)
+        self.transformer = Transformer(run.model, run.attention, run.pos, VOCAB_SIZE)
+        self.patch_emb = nn.Linear(d.patch * d.patch, C)
+        nn.init.normal_(self.patch_emb.weight, std=run.model.init_std)
+        nn.init.zeros_(self.patch_emb.bias)
+        self.image_head = build_head(d.image_head, C, d.patch * d.patch, d.fbdm_n, d.fbdm_mode, d.fbdm_gamma)
+        self._positions: dict[Layout, torch.Tensor] = {}
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def cache_elems_per_token(self) -> int:
+        return self.transformer.cache_elems_per_token()
+
+    # ---------------------------------------------------------------- inputs
+    def layout_positions(self, layout: Layout) -> torch.Tensor:
+        layout = Layout(int(layout[0]), int(layout[1]), tuple(layout[2]))  # batch transfer may list-ify
+        if layout not in self._positions:
+            self._positions[layout] = assign_for(self.transformer.pos, layout.segments())  # (N, A)
+        return self._positions[layout]
+
+    def positions(self, layouts: list[Layout], T: int) -> torch.Tensor:
+        """(B, T, A) float; padding slots continue each row's last position by +1 steps."""
+        rows = []
+        for lay in layouts:
+            p = self.layout_positions(lay)
+            n = p.shape[0]
+            if n < T:
+                pad = p[-1] + torch.arange(1, T - n + 1, dtype=p.dtype)[:, None]  # (T-n, A)
+                p = torch.cat((p, pad))
+            rows.append(p[:T])
+        return torch.stack(rows)
+
+    def embed(self, tokens, is_image, patches):
+        """tokens (B, T), is_image (B, T), patches (B, M, P) levels -> (B, T, C)."""
+        x = self.transformer.tok_emb(tokens)  # (B, T, C)
+        pe = self.patch_emb(digits.to_input(patches.to(x.dtype)))  # (B, M, C)
+        k = (is_image.long().cumsum(1) - 1).clamp_min(0)  # (B, T): index of the patch at each image slot
+        img = pe.gather(1, k[..., None].expand(-1, -1, x.shape[-1]))  # (B, T, C)
+        return torch.where(is_image[..., None], img, x)
+
+    def forward(self, tokens, is_image, patches, layouts):
+        """-> text logits (B, T, V) and final hidden states (B, T, C)."""
+        T = tokens.shape[1]
+        pos = self.positions(layouts, T).to(tokens.device)
+        return self.transformer(embeds=self.embed(tokens, is_image, patches), positions=pos, return_hidden=True)
+
+    # ---------------------------------------------------------------- losses
+    def losses(self, batch) -> dict:
+        """Per-target NLLs (nats): text (B, T) (0 where not text), image (B, M, P), plus the head penalty."""
+        logits, h = self(batch["tokens"], batch["is_image"], batch["patches"], batch["layouts"])
+        tgt = batch["text_target"]
+        text_nll = F.cross_entropy(
+            logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none"
+        ).view_as(tgt)  # (B, T), zero where ignored
+        B, M, P = batch["patches"].shape
+        h_img = h[batch["role"] == PATCH].view(B, M, -1)  # (B, M, C): the state before each patch
+        img_nll = self.image_head.nll(h_img, batch["patches"])  # (B, M, P)
+        return {"text_nll": text_nll, "text_mask": tgt != -100, "img_nll": img_nll,
+                "penalty": self.image_head.penalty(h_img), "logits": logits, "h_img": h_img}
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate_images(self, caps: list[bytes], generator=None, temperature: float = 1.0) -> torch.Tensor:
+        """Caption-conditioned samples: [BOS] caption [IMG], then M patches drawn one by one from the head,
+        each fed back through the same 2v/16 - 1 map as training inputs. -> levels (B, 8, 8)."""
+        M, P = self.grid[0] * self.grid[1], self.patch**2
+        B = len(caps)
+        patches = torch.zeros(B, M, P, dtype=torch.long)
+        exs = [digits.encode(c, patches[i].numpy(), digits.GENERATE) for i, c in enumerate(caps)]
+        batch = digits.collate(exs, self.grid)
+        # state that predicts patch j sits at slot (first image slot - 1 + j) of each row
+        first = batch["is_image"].float().argmax(1) - 1  # (B,)
+        rows = torch.arange(B)
+        for j in range(M):
+            end = int(first.max()) + j + 1  # only the prefix up to the deepest needed slot matters
+            _, h = self(batch["tokens"][:, :end], batch["is_image"][:, :end], patches, batch["layouts"])
+            draw = self.image_head.sample(h[rows, first + j], generator, temperature)  # (B, P)
+            patches[:, j] = draw
+        return digits.unpatchify(patches, self.patch)
