@@ -1,0 +1,221 @@
+"""``tokenizer=unigram``: lmlab's own unigram segmenter over a SentencePiece unigram model.
+
+Pieces and scores come from a SentencePiece *unigram* model (trained and cached exactly as
+``tokenizer=sentencepiece`` does: same settings, same cache directory, byte fallback on); the
+segmentation is lmlab's (``lattice.py`` reference, ``lattice_fast.py`` compiled):
+
+- ``mode=viterbi`` (SPEC §1): deterministic; ids identical to ``SentencePieceProcessor.encode`` of the
+  same model (the lattice, the float32 arithmetic and the tie-breaking follow SentencePiece's encoder;
+  tests check it id for id on held-out text with Chinese and unusual characters).
+- ``mode=sample`` (SPEC §3): perfect sampling, P(seg) ∝ exp(alpha * score(seg)) exactly, one pass.
+  Same distribution as SentencePiece's ``nbest_size=-1`` sampler (tests compare them).
+- ``mode=sample_v1`` (SPEC §2): Su's original Viterbi Sampling, biased; for ablations only.
+
+``encode(text)`` (no generator) is always the deterministic Viterbi segmentation, so validation and
+bits per byte never sample. ``encode(text, rng)`` in a sampling mode draws one 64-bit seed from the
+numpy Generator and segments with it: the sample is a pure function of the Generator's state.
+
+Byte pieces enter the lattice only as the expansion of a character that has no piece (SentencePiece's
+unknown node, score min_score - 10, then byte fallback); see ``lattice.py``. A sample therefore never
+splits a character that has a piece, and an unknown character always becomes its UTF-8 bytes.
+
+alpha (inverse temperature; 0 = uniform over segmentations, large = Viterbi). Default 0.1,
+SentencePiece's default and the value S2/S3 use, so that ``unigram`` and ``sentencepiece
+sample=true`` runs compare at the same setting. Measured token inflation (bytes per token, held-out
+Python stdlib source, 2048-piece model; ``scripts/bench/tokenizer.py``): see the README table.
+
+Bad input: "" gives []; a lone surrogate (e.g. from ``surrogateescape``) becomes U+FFFD (SentencePiece
+itself refuses such strings); characters never seen in training become byte pieces; a BPE (or any
+non-unigram) model raises ``ValueError`` naming the file and its type; alpha < 0 is a config error.
+Losslessness (``decode(encode(t)) == t``) holds for models with identity normalization and no dummy
+prefix, i.e. the ones lmlab trains, except that a literal U+2581 decodes as a space (as in
+SentencePiece). Other models are normalized with SentencePiece's own normalizer (``lossless=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from lmlab.registry import TOKENIZER
+from lmlab.tokenizers.base import Tokenizer
+from lmlab.tokenizers.lattice import MODES, LatticeModel
+from lmlab.tokenizers.sentencepiece import (
+    WHITESPACE,
+    SentencePieceConfig,
+    _piece_bytes,
+    train_sentencepiece,
+)
+
+_UNK_PENALTY = np.float32(10.0)  # SentencePiece's kUnkPenalty
+
+
+@dataclass
+class UnigramConfig(SentencePieceConfig):
+    name: str = "unigram"
+    mode: Literal["viterbi", "sample", "sample_v1"] = "viterbi"
+    alpha: float = 0.1  # inverse temperature of the sampled modes (SPEC §3); see the module docstring
+
+    def check(self, run) -> list[str]:
+        p = [x for x in super().check(run) if "alpha" not in x]
+        if self.model_type != "unigram":
+            p.append(f"tokenizer.model_type={self.model_type}: tokenizer=unigram needs a unigram model "
+                     "(use tokenizer=sentencepiece for BPE)")
+        if self.alpha < 0:
+            p.append(f"tokenizer.alpha={self.alpha} must be >= 0 (0 samples uniformly over segmentations)")
+        if self.sample:
+            p.append("tokenizer.sample=true selects SentencePiece's own sampler (tokenizer=sentencepiece); "
+                     "tokenizer=unigram samples with tokenizer.mode=sample or sample_v1")
+        return p
+
+
+def _fix_surrogates(text: str) -> str:
+    """Lone surrogates -> U+FFFD (surrogate pairs are joined)."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def load_lattice_model(proto: bytes, where: str = "model",
+                       build: bool = True) -> tuple[Optional[LatticeModel], dict]:
+    """Read pieces, scores and normalization settings from a SentencePiece unigram model proto;
+    build the lattice model (trie) unless ``build`` is false."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    try:
+        m.ParseFromString(proto)
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError
+        raise ValueError(f"{where}: not a SentencePiece model ({e})") from None
+    kind = pb.TrainerSpec.ModelType.Name(m.trainer_spec.model_type)
+    if kind != "UNIGRAM":
+        raise ValueError(f"{where} is a SentencePiece {kind} model; tokenizer=unigram needs a UNIGRAM "
+                         "model (its scores are piece log-probabilities). Use tokenizer=sentencepiece for it.")
+    T = pb.ModelProto.SentencePiece
+    normal = [p.score for p in m.pieces if p.type == T.NORMAL]
+    if not normal:
+        raise ValueError(f"{where}: the model has no normal pieces")
+    min_score, max_score = np.float32(min(normal)), np.float32(max(normal))
+    pieces: dict[bytes, int] = {}
+    scores = np.zeros(len(m.pieces), dtype=np.float32)
+    byte_ids = np.full(256, -1, dtype=np.int32)
+    for i, p in enumerate(m.pieces):
+        if p.type == T.NORMAL:
+            pieces[p.piece.encode("utf-8")] = i
+            scores[i] = p.score
+        elif p.type == T.USER_DEFINED:  # SentencePiece's bonus so that they are always chosen
+            key = p.piece.encode("utf-8")
+            pieces[key] = i
+            scores[i] = np.float32(len(key) * float(max_score) - 0.1)
+        elif p.type == T.BYTE:
+            byte_ids[int(p.piece[1:-1], 16)] = i
+    if (byte_ids < 0).any():
+        raise ValueError(f"{where}: the model has no byte pieces (train it with byte_fallback=true); "
+                         "without them unknown characters cannot be encoded losslessly")
+    norm = m.normalizer_spec
+    plain = (not norm.precompiled_charsmap and not norm.add_dummy_prefix
+             and not norm.remove_extra_whitespaces)
+    info = {"identity": plain, "escape_whitespaces": bool(norm.escape_whitespaces),
+            "normalization": norm.name}
+    if not build:
+        return None, info
+    model = LatticeModel.build(pieces, scores, byte_ids, unk_score=min_score - _UNK_PENALTY,
+                               char_starts=True)
+    return model, info
+
+
+@TOKENIZER.register("unigram")
+class UnigramTokenizer(Tokenizer):
+    Config = UnigramConfig
+
+    def __init__(self, model_path: str, cfg: Optional[UnigramConfig] = None):
+        self.cfg = cfg or UnigramConfig()
+        self.model_path = str(model_path)
+        self._load(Path(model_path).read_bytes())
+
+    def _load(self, proto: bytes, model: Optional[LatticeModel] = None) -> None:
+        import sentencepiece as spm
+
+        if self.cfg.mode not in MODES:
+            raise ValueError(f"tokenizer.mode={self.cfg.mode!r} is not one of {', '.join(MODES)}")
+        if self.cfg.alpha < 0:
+            raise ValueError(f"tokenizer.alpha={self.cfg.alpha} must be >= 0")
+        built, info = load_lattice_model(proto, self.model_path, build=model is None)
+        self.model = model if model is not None else built
+        self._proto = proto
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.lossless = info["identity"]
+        self._escape = info["escape_whitespaces"]
+        self._bytes = [_piece_bytes(self.sp, i) for i in range(self.sp.get_piece_size())]
+        self.sampling = self.cfg.mode != "viterbi"
+        from lmlab.tokenizers.lattice_fast import warm_up
+
+        warm_up(self.model)
+
+    def __getstate__(self):
+        # the built lattice travels too, so a DataLoader worker does not rebuild the trie
+        return {"cfg": self.cfg, "model_path": self.model_path, "proto": self._proto, "model": self.model}
+
+    def __setstate__(self, state):
+        self.cfg, self.model_path = state["cfg"], state["model_path"]
+        self._load(state["proto"], state["model"])
+
+    @classmethod
+    def build(cls, cfg: UnigramConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):
+        path = cfg.model_path or train_sentencepiece(cfg, train_texts(), cache_dir)
+        return cls(path, cfg)
+
+    # ---- the Tokenizer interface --------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    def normalize(self, text: str) -> bytes:
+        """The UTF-8 bytes the lattice is built on (SentencePiece's normalized text)."""
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _fix_surrogates(text)
+            raw = text.encode("utf-8")
+        if not self.lossless:
+            return self.sp.normalize(text).encode("utf-8")
+        return raw.replace(b" ", WHITESPACE.encode()) if self._escape else raw
+
+    def encode(self, text: str, rng: Optional[np.random.Generator] = None) -> list[int]:
+        if rng is None or not self.sampling:
+            return self.segment(text, "viterbi")
+        return self.segment(text, self.cfg.mode, self.cfg.alpha, int(rng.integers(0, 2**63)))
+
+    def segment(self, text: str, mode: str = "viterbi", alpha: Optional[float] = None,
+                seed: int = 0) -> list[int]:
+        """Any mode with an explicit alpha and 64-bit seed (the CLI and benchmarks use this)."""
+        from lmlab.tokenizers.lattice_fast import segment
+
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+        alpha = self.cfg.alpha if alpha is None else float(alpha)
+        if alpha < 0:
+            raise ValueError(f"alpha={alpha} must be >= 0")
+        if not text:
+            return []
+        return segment(self.model, self.normalize(text), mode, alpha, seed).tolist()
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]
+
+    def bytes_table(self) -> list[bytes]:
+        return list(self._bytes)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(int(token_id))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "mode": self.cfg.mode, "alpha": self.cfg.alpha,
+                "model_path": self.model_path, "lossless": self.lossless}
