@@ -121,7 +121,7 @@ def problems(name, head_dim=None, d_model=32, n_head=2, **kw):
 def test_config_errors_name_the_keys():
     assert all(problems(n) == [] for n in NEW)
     (p,) = problems("mrope", sections=[4, 4, 4])  # head_dim 16: 8 pairs
-    assert "pos.sections=[4, 4, 4]" in p and "head_dim/2" in p
+    assert "pos.sections=[4, 4, 4]" in p and "model.head_dim" in p and "has 8 frequency pairs" in p
     assert "three non-negative" in problems("mrope", sections=[4, 4])[0]
     assert "three non-negative" in problems("mrope", sections=[10, -1, -1])[0]
     assert "at least 3 frequency pairs" in problems("mrope", d_model=8, n_head=2)[0]  # head_dim 4
@@ -131,3 +131,34 @@ def test_config_errors_name_the_keys():
     assert "pos.n_axes=4" in problems("rope2d", n_axes=4)[0]
     assert problems("rope_tie_v2", n_axes=3) == []
     assert "one frequency pair per axis" in problems("rope2d", d_model=8, n_head=2, n_axes=3)[0]
+
+
+@pytest.mark.parametrize("attention", ["gqa", "mqa", "mla"])
+@pytest.mark.parametrize("name", ["rope_tie_v2", "mrope", "alibi"])
+def test_other_attention_variants_cached_with_image_positions(attention, name):
+    # Each attention variant applies the hooks where it chooses (MLA: the decoupled part only); with
+    # assigned image positions, prefill + incremental decoding still equals the full pass.
+    from lmlab.registry import ATTENTION
+
+    torch.manual_seed(0)
+    mcfg = ModelConfig(d_model=64, n_head=4, n_layer=2, seq_len=32)
+    attn_cfg = ATTENTION.get(attention).Config()
+    model = Transformer(mcfg, attn_cfg, POS.get(name).Config(), V).double().eval()
+    idx = torch.randint(0, V, (2, 18))
+    positions = positions_for(model, True)
+    full = model(idx, positions)
+    caches = model.new_caches()
+    out = [model(idx[:, :10], positions[:, :10], caches=caches)]
+    out += [model(idx[:, t : t + 1], positions[:, t : t + 1], caches=caches) for t in range(10, 18)]
+    torch.testing.assert_close(torch.cat(out, 1), full, atol=1e-10, rtol=0)
+
+
+def test_config_errors_through_compose(compose):
+    from lmlab.config import ConfigError
+
+    # MLA rotates only its decoupled part, so M-RoPE sections are counted against rope_head_dim.
+    assert compose(["attention=mla", "pos=mrope", "attention.rope_head_dim=8", "pos.sections=[1,1,2]"])
+    with pytest.raises(ConfigError, match=r"pos.sections=\[4, 6, 6\].*attention.rope_head_dim = 8"):
+        compose(["attention=mla", "pos=mrope", "attention.rope_head_dim=8", "pos.sections=[4,6,6]"])
+    with pytest.raises(ConfigError, match="pos.n_axes=3 is not supported by pos.name=rope_tie"):
+        compose(["pos=rope_tie", "pos.n_axes=3"])

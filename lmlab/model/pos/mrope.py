@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from lmlab.model.pos.rotary import RotaryBase, RotaryConfig
+from lmlab.model.pos.rotary import RotaryBase, RotaryConfig, rotated_dim
 from lmlab.registry import POS
 
 
@@ -39,19 +39,20 @@ class MRoPEConfig(RotaryConfig):
 
     def check(self, run) -> list[str]:
         p = super().check(run)
-        n_pairs = run.model.dim_head // 2
+        dim, key = rotated_dim(run)
+        n_pairs = dim // 2
         if self.sections is None:
             if n_pairs < 3:
                 p.append(
-                    f"pos.name=mrope needs at least 3 frequency pairs (one per axis), but the head dim "
-                    f"{run.model.dim_head} has {n_pairs}"
+                    f"pos.name=mrope needs at least 3 frequency pairs (one per axis), but the rotated dim "
+                    f"({key} = {dim}) has {n_pairs}"
                 )
         elif len(self.sections) != 3 or any(s < 0 for s in self.sections):
             p.append(f"pos.sections={self.sections} must be three non-negative pair counts (t, h, w)")
         elif sum(self.sections) != n_pairs:
             p.append(
-                f"pos.sections={self.sections} sums to {sum(self.sections)}, but the head dim "
-                f"{run.model.dim_head} has {n_pairs} frequency pairs (sections must sum to head_dim/2)"
+                f"pos.sections={self.sections} sums to {sum(self.sections)}, but the rotated dim "
+                f"({key} = {dim}) has {n_pairs} frequency pairs (sections must sum to half of it)"
             )
         return p
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmlab.model.pos.rotary import RotaryBase, RotaryConfig
+from lmlab.model.pos.rotary import RotaryBase, RotaryConfig, rotated_dim
 from lmlab.registry import POS
 
 
@@ -32,10 +32,11 @@ class InterleavedConfig(RotaryConfig):
                 f"pos.n_axes={self.n_axes} is not supported by pos.name={self.name}"
                 f" (choose {' or '.join(map(str, self.allowed_axes))})"
             )
-        elif run.model.dim_head // 2 < self.n_axes:
+        elif rotated_dim(run)[0] // 2 < self.n_axes:
+            dim, key = rotated_dim(run)
             p.append(
-                f"pos.name={self.name} needs at least one frequency pair per axis, but the head dim "
-                f"{run.model.dim_head} has {run.model.dim_head // 2} pair(s) for pos.n_axes={self.n_axes}"
+                f"pos.name={self.name} needs at least one frequency pair per axis, but the rotated dim "
+                f"({key} = {dim}) has {dim // 2} pair(s) for pos.n_axes={self.n_axes}"
             )
         return p
 

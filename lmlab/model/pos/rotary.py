@@ -29,14 +29,26 @@ class RotaryConfig(PosConfig):
 
     def check(self, run) -> list[str]:
         p = []
-        if run.model.dim_head % 2:
-            p.append(
-                f"pos.name={self.name} rotates pairs of dims, but the head dim "
-                f"(model.head_dim / d_model//n_head = {run.model.dim_head}) is odd"
-            )
+        dim, key = rotated_dim(run)
+        if dim % 2 and key != "attention.rope_head_dim":  # MLA checks its own decoupled part
+            p.append(f"pos.name={self.name} rotates pairs of dims, but the head dim ({key} = {dim}) is odd")
         if self.base <= 1:
             p.append(f"pos.base={self.base} must be > 1")
         return p
+
+
+def rotated_dim(run) -> tuple[int, str]:
+    """(dims per head that ``rotate`` receives, the config key that sets it).
+
+    The whole head (``model.head_dim``) unless the attention config says otherwise: through a
+    ``rotary_dim(model_cfg)`` method if it has one, or MLA's decoupled ``rope_head_dim``.
+    """
+    attn = getattr(run, "attention", None)
+    if callable(getattr(attn, "rotary_dim", None)):
+        return attn.rotary_dim(run.model), "attention.rotary_dim"
+    if getattr(attn, "name", None) == "mla" and callable(getattr(attn, "dims", None)):
+        return attn.dims(run.model)[1], "attention.rope_head_dim"
+    return run.model.dim_head, "model.head_dim / d_model//n_head"
 
 
 def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Tensor:
