@@ -147,10 +147,22 @@ class MLA(Attention):
         k_nope, v = kv.split([self.d_n, self.d_v], dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, d_n + d_r)
         k = torch.cat((k_nope, kr[:, None].expand(B, H, S, self.d_r)), dim=-1)  # (B, H, S, d_n + d_r)
-        return kernels.attention(
-            q, k, v, causal=True, bias=bias, scale=self.scale,
+        return self._attend(q, k, v, bias, causal=True, pad_v=q.shape[2] > 1)
+
+    def _attend(self, q, k, v, bias, causal: bool, pad_v: bool):
+        """kernels.attention. With sdpa and ``pad_v`` (several queries), v is zero-padded to the q/k
+        head size and the output cut back: torch's fused CPU kernels need equal sizes and otherwise
+        fall back to a path that materialises the T×S matrix (~6× slower at T = 8192). Single-token
+        decoding skips the pad, which would copy the whole cache every step."""
+        dv, dqk = v.shape[-1], q.shape[-1]
+        pad_v = pad_v and self.cfg.impl == "sdpa" and dv < dqk
+        if pad_v:
+            v = torch.nn.functional.pad(v, (0, dqk - dv))
+        y = kernels.attention(
+            q, k, v, causal=causal, bias=bias, scale=self.scale,
             dropout_p=self.dropout if self.training else 0.0, impl=self.cfg.impl,
         )
+        return y[..., :dv] if pad_v else y
 
     def _absorbed(self, q_nope, q_rope, ckr, bias):
         H = self.n_head
@@ -165,10 +177,8 @@ class MLA(Attention):
 
     def _shared_kv_attention(self, q, K, V, bias):
         """Attention of H query heads against one shared key/value head."""
-        dropout = self.dropout if self.training else 0.0
         if self.cfg.impl == "manual":  # the manual kernel groups heads by views: no per-head copies
-            return kernels.attention(q, K, V, causal=True, bias=bias, scale=self.scale,
-                                     dropout_p=dropout, impl="manual")
+            return self._attend(q, K, V, bias, causal=True, pad_v=False)
         B, H, T, Dq = q.shape
         S = K.shape[2]
         mask = None
@@ -181,8 +191,6 @@ class MLA(Attention):
             while mask.dim() < 4:
                 mask = mask[None]
             mask = mask.expand(mask.shape[0], H, T, S).reshape(mask.shape[0], 1, H * T, S)  # (B|1, 1, H·T, S)
-        out = kernels.attention(
-            q.reshape(B, 1, H * T, Dq), K, V, causal=False, bias=mask, scale=self.scale,
-            dropout_p=dropout, impl="sdpa",
-        )  # (B, 1, H·T, d_c): heads folded into query rows, K/V read once
+        out = self._attend(q.reshape(B, 1, H * T, Dq), K, V, mask, causal=False, pad_v=T > 1)
+        # (B, 1, H·T, d_c): heads folded into query rows, K/V read once
         return out.view(B, H, T, V.shape[-1])
