@@ -120,9 +120,11 @@ def caption_accuracy(model, images, labels, patch: int, template: str = digits.E
 
 def fit_judge(train_images, train_labels):
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     X = np.asarray(train_images).reshape(len(train_images), -1) / (LEVELS - 1)
-    return LogisticRegression(max_iter=3000).fit(X, np.asarray(train_labels))
+    with threadpool_limits(1):  # BLAS threads spinning against torch's cost 30x on a busy 2-core machine
+        return LogisticRegression(max_iter=3000).fit(X, np.asarray(train_labels))
 
 
 def judge_accuracy(judge, images, labels) -> float:

@@ -1,0 +1,139 @@
+"""Comparison table and plot of an image-text sweep:  python -m lmlab.multimodal.report outputs/pos_multimodal
+
+Reads every ``summary.json`` under the sweep directory whose ``task`` is ``image_text``, groups runs by
+(image head, patch, pos), and reports mean ± std (sample std over seeds) of the best-validation
+checkpoint's metrics on the evaluation split. The column "Δ vs rope" is the paired (same seed)
+difference of image bits/pixel against the flattened RoPE-1D baseline; it is marked ``*`` only when
+SPEC §15.4's rule holds: at least two seeds, the same sign in every seed, and |mean Δ| > 2 std of
+either scheme. Writes ``report.md`` and ``report.png`` into the sweep directory and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRICS = [  # (summary key without split prefix, column title, format)
+    ("img_bpp_uncond", "img bpp uncond", "{:.3f}"),
+    ("img_bpp_cond", "img bpp cond", "{:.3f}"),
+    ("text_bpb_understand", "caption bpb given image", "{:.3f}"),
+    ("text_bpb_generate", "caption bpb prior", "{:.3f}"),
+    ("caption_acc", "caption acc", "{:.3f}"),
+    ("gen_acc", "gen acc", "{:.3f}"),
+    ("gen_diversity", "gen diversity", "{:.2f}"),
+]
+
+
+def load_runs(sweep_dir: str) -> list[dict]:
+    runs = []
+    for p in sorted(Path(sweep_dir).rglob("summary.json")):
+        s = json.loads(p.read_text())
+        if s.get("task") == "image_text":
+            s["_dir"] = str(p.parent)
+            runs.append(s)
+    return runs
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+
+
+def _fmt(xs: list[float], fmt: str) -> str:
+    m, s = _mean_std(xs)
+    return fmt.format(m) + ("" if math.isnan(s) else " ± " + fmt.format(s))
+
+
+def compare(a: dict[int, float], b: dict[int, float]) -> tuple[float, bool]:
+    """Paired Δ = mean(a - b) over shared seeds, and whether SPEC §15.4 calls it real."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return float("nan"), False
+    d = np.array([a[s] - b[s] for s in seeds])
+    if len(seeds) < 2:
+        return float(d.mean()), False
+    spread = max(np.std([a[s] for s in seeds], ddof=1), np.std([b[s] for s in seeds], ddof=1))
+    same_sign = bool((d > 0).all() or (d < 0).all())
+    return float(d.mean()), same_sign and abs(d.mean()) > 2 * spread
+
+
+def table(runs: list[dict]) -> tuple[str, dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[(r["image_head"], r["patch"], r["pos"])].append(r)
+    lines = []
+    header = ["head", "p", "pos", "seeds", "best step"] + [t for _, t, _ in METRICS] + ["Δ img bpp vs rope"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    refs = {}
+    for (head, p, pos), rs in sorted(groups.items()):
+        split = rs[0].get("eval_split", "test")
+        img = {r["seed"]: r[f"{split}_img_bpp"] for r in rs}
+        base = {r["seed"]: r[f"{split}_img_bpp"] for r in groups.get((head, p, "rope"), [])}
+        delta, real = compare(img, base) if pos != "rope" else (float("nan"), False)
+        row = [head, str(p), pos, str(len(rs)), _fmt([r["best_step"] for r in rs], "{:.0f}")]
+        row += [_fmt([r[f"{split}_{k}"] for r in rs], f) for k, _, f in METRICS]
+        row.append("" if math.isnan(delta) else f"{delta:+.3f}{' *' if real else ''}")
+        lines.append("| " + " | ".join(row) + " |")
+        for k in ("ref_uniform_bpp", "ref_marginal_bpp", "ref_label_marginal_bpp", "judge_acc"):
+            refs[k] = rs[0][k]
+        refs["split"] = split
+    return "\n".join(lines), refs
+
+
+def plot(runs: list[dict], path: Path, refs: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = sorted({r["image_head"] for r in runs})
+    poss = sorted({r["pos"] for r in runs}, key=lambda s: (s != "rope", s))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, cond in zip(axes, ("uncond", "cond")):
+        for i, head in enumerate(heads):
+            ms, ss = [], []
+            for pos in poss:
+                xs = [r[f"{r.get('eval_split', 'test')}_img_bpp_{cond}"] for r in runs
+                      if r["pos"] == pos and r["image_head"] == head]
+                m, s = _mean_std(xs) if xs else (float("nan"), float("nan"))
+                ms.append(m)
+                ss.append(0 if math.isnan(s) else s)
+            x = np.arange(len(poss)) + (i - (len(heads) - 1) / 2) * 0.35
+            ax.bar(x, ms, 0.35, yerr=ss, label=head, capsize=3)
+        ax.axhline(refs["ref_marginal_bpp"], color="k", ls="--", lw=1, label="per-position marginal")
+        ax.set_xticks(np.arange(len(poss)), poss, rotation=20)
+        ax.set_title(f"image bits/pixel, {'caption-conditioned' if cond == 'cond' else 'unconditional'}")
+        lo = min(r[f"{r.get('eval_split', 'test')}_img_bpp_{c}"] for r in runs for c in ("uncond", "cond"))
+        ax.set_ylim(lo - 0.15, refs["ref_marginal_bpp"] + 0.1)
+    axes[0].set_ylabel(f"bits/pixel ({refs['split']} split, best val checkpoint)")
+    axes[1].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir")
+    args = ap.parse_args(argv)
+    runs = load_runs(args.sweep_dir)
+    if not runs:
+        raise SystemExit(f"no image_text summary.json under {args.sweep_dir}")
+    text, refs = table(runs)
+    note = (f"\nReference points on the {refs['split']} split: uniform {refs['ref_uniform_bpp']:.3f} bpp, per-position "
+            f"marginal {refs['ref_marginal_bpp']:.3f}, label-conditional marginal {refs['ref_label_marginal_bpp']:.3f};"
+            f" judge accuracy on real images {refs['judge_acc']:.3f}. {len(runs)} runs.\n")
+    out = Path(args.sweep_dir)
+    (out / "report.md").write_text(text + "\n" + note)
+    plot(runs, out / "report.png", refs)
+    print(text + "\n" + note + f"wrote {out / 'report.md'} and {out / 'report.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Bad input for data=digits is a config error at start-up that names the key to change (issue 5)."""
+
+import pytest
+
+from lmlab.config import ConfigError
+
+BASE = ["data=digits", "model.d_model=32", "model.n_layer=2", "model.n_head=4"]
+
+
+def problems(compose, *overrides) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        compose([*BASE, *overrides])
+    return e.value.problems
+
+
+def test_default_digits_config_is_valid(compose):
+    run = compose(BASE)
+    assert run.data.patch == 2 and run.data.image_head == "categorical"
+    from lmlab.registry import DATA
+
+    assert DATA.get("digits").task == "image_text"
+
+
+def test_patch_that_does_not_divide_the_image(compose):
+    ps = problems(compose, "data.patch=3")
+    assert any("data.patch=3" in p and "does not divide" in p for p in ps)
+
+
+def test_caption_longer_than_the_context(compose):
+    # 16 patches + 4 specials + "this is a seven." (16 bytes) = 36 slots
+    ps = problems(compose, "model.seq_len=30")
+    assert any("model.seq_len=30" in p and "caption" in p for p in ps)
+    compose([*BASE, "model.seq_len=44"])  # the longest template fits in 44 slots
+    ps = problems(compose, "model.seq_len=44", "data.eval_template='a rather long caption for the digit {word}.'")
+    assert any(p.startswith("data.eval_template") and "model.seq_len=44" in p for p in ps)
+
+
+def test_learned_table_too_short_for_the_sequence(compose):
+    ps = problems(compose, "pos=learned", "pos.max_len=32", "model.seq_len=64")
+    assert any("pos.max_len" in p and "digits" in p for p in ps)
+
+
+def test_rotary_positions_on_quantized_keys_are_refused(compose):
+    from lmlab.registry import ATTENTION
+
+    if "vq" not in ATTENTION:
+        pytest.skip("attention=vq not available")
+    ps = problems(compose, "attention=vq", "pos=rope2d")
+    assert any("vq" in p and "pos.name=rope2d" in p for p in ps)
+
+
+def test_bad_template_and_bad_patch_are_reported_together(compose):
+    ps = problems(compose, "data.patch=5", "data.train_templates=['this is {digit}']")
+    assert any("data.patch=5" in p for p in ps)
+    assert any(p.startswith("data.train_templates[0]") for p in ps)

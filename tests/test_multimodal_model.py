@@ -1,0 +1,120 @@
+"""The image-text model: causality over patches, exact reference heads, positions and generation alignment."""
+
+import math
+
+import pytest
+import torch
+
+from lmlab.model.pos.assign import assign_for
+from lmlab.multimodal import digits, metrics
+from lmlab.multimodal.digits import GENERATE, PATCH, UNDERSTAND
+from lmlab.multimodal.model import ImageTextModel
+
+TINY = ["data=digits", "model.d_model=32", "model.n_layer=2", "model.n_head=4", "model.seq_len=64",
+        "model.mlp=gelu", "model.dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def val():
+    return digits.load_split()["val"]
+
+
+def build(compose, *extra, seed=0):
+    torch.manual_seed(seed)
+    return ImageTextModel(compose([*TINY, *extra])).eval()
+
+
+def batch_of(val, n=4, patch=2, direction=GENERATE):
+    images, labels = val
+    return digits.eval_batches(images[:n], labels[:n], patch, n, directions=(direction,))[0]
+
+
+@pytest.mark.parametrize("pos,head", [(p, "categorical") for p in (
+    "rope", "rope2d", "rope_tie", "rope_tie_v2", "mrope", "learned", "alibi")] + [("rope_tie_v2", "fbdm")])
+def test_perturbing_patch_j_leaves_every_earlier_prediction_unchanged(compose, val, pos, head):
+    model = build(compose, f"pos={pos}", f"data.image_head={head}")
+    for direction in (UNDERSTAND, GENERATE):
+        b = batch_of(val, direction=direction)
+        j = 5
+        b2 = dict(b, patches=b["patches"].clone())
+        b2["patches"][:, j] = 16 - b2["patches"][:, j]  # every row changes at patch j
+        with torch.no_grad():
+            o1, o2 = model.losses(b), model.losses(b2)
+        slot = torch.nonzero(b["is_image"][0])[j].item()  # the slot that holds patch j
+        # text logits at every slot before patch j's slot, image predictions of patches 0..j
+        assert torch.equal(o1["logits"][:, :slot], o2["logits"][:, :slot])
+        assert torch.equal(o1["img_nll"][:, :j], o2["img_nll"][:, :j])
+        assert torch.equal(o1["h_img"][:, : j + 1], o2["h_img"][:, : j + 1])  # h_img[j] predicts patch j
+        # and the perturbation is seen from patch j's slot on (the test is not vacuous)
+        assert not torch.allclose(o1["logits"][:, slot:], o2["logits"][:, slot:])
+        assert not torch.allclose(o1["h_img"][:, j + 1 :], o2["h_img"][:, j + 1 :])
+
+
+def test_zeroed_categorical_head_gives_exactly_log2_17_bits_per_pixel(compose, val):
+    model = build(compose, "data.image_head=categorical")
+    torch.nn.init.zeros_(model.image_head.proj.weight)
+    torch.nn.init.zeros_(model.image_head.proj.bias)
+    m = metrics.evaluate(model, digits.eval_batches(*val, 2, 48))
+    assert m["img_bpp_uncond"] == pytest.approx(math.log2(17), abs=1e-6)
+    assert m["img_bpp_cond"] == pytest.approx(math.log2(17), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode,n", [("real", 16), ("unit", 34)])
+def test_fbdm_head_pmfs_sum_to_one(compose, val, mode, n):
+    model = build(compose, "data.image_head=fbdm", f"data.fbdm_mode={mode}", f"data.fbdm_n={n}")
+    head = model.image_head
+    h = torch.randn(3, 5, 32) * 3
+    pmf = head.log_pmf(h).double().exp()  # (3, 5, P, 17)
+    assert (pmf >= 0).all() and (pmf.sum(-1) - 1).abs().max() < 1e-5
+    # a_0 = 1 and every other coefficient 0: the uniform density on the circle; still a pmf
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.view(head.pixels, -1)[:, : 2 * head.n1] = 0
+        head.proj.bias.view(head.pixels, -1)[:, 0] = 1
+    pmf0 = head.log_pmf(h).double().exp()
+    assert (pmf0.sum(-1) - 1).abs().max() < 1e-6
+    if mode == "unit":  # uniform on [-1, 1] with 17 equal bins: exactly log2(17) bits
+        assert torch.allclose(pmf0, torch.full_like(pmf0, 1 / 17), atol=1e-6)
+
+
+@pytest.mark.parametrize("pos", ["rope", "rope_tie_v2", "mrope"])
+def test_model_positions_come_from_the_assigner_and_stay_float(compose, val, pos):
+    model = build(compose, f"pos={pos}")
+    b = batch_of(val, n=6)
+    P = model.positions(b["layouts"], b["tokens"].shape[1])
+    assert P.dtype == torch.float32 and P.shape[-1] == model.transformer.pos.n_axes
+    for r, lay in enumerate(b["layouts"]):
+        ref = assign_for(model.transformer.pos, lay.segments())
+        assert torch.equal(P[r, : len(ref)], ref)
+    if pos == "rope":  # the flattened baseline: 0..T-1
+        assert torch.equal(P[0, :, 0], torch.arange(P.shape[1], dtype=torch.float32))
+    if pos == "rope_tie_v2":  # v2 (SPEC §8): the image sits (wh-h)/2 = 6 past [IMG]; next text at L + wh + 1
+        L = b["layouts"][0].cap_len + 1  # [BOS] caption [IMG]: [IMG] is at position cap_len + 1
+        img = P[0, b["is_image"][0]]
+        assert torch.equal(img[0], torch.tensor([L + 7.0, L + 7.0]))
+        assert torch.equal(P[0, L + 17], torch.tensor([L + 17.0, L + 17.0]))
+
+
+def test_generation_feeds_samples_back_exactly_as_in_training(compose, val):
+    """The hidden state that drew patch j during generation equals the teacher-forced state that
+    predicts patch j on the finished sequence (right slot, same input map)."""
+    model = build(compose, "pos=rope2d", "data.image_head=fbdm")
+    seen = []
+    orig = model.image_head.sample
+
+    def spy(h, generator=None, temperature=1.0):
+        seen.append(h.clone())
+        return orig(h, generator, temperature)
+
+    model.image_head.sample = spy
+    caps = [digits.caption(digits.EVAL_TEMPLATE, y) for y in (1, 7, 3)]
+    imgs = model.generate_images(caps, generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (3, 8, 8) and imgs.min() >= 0 and imgs.max() <= 16
+    exs = [digits.encode(c, digits.patchify(imgs[i].numpy(), 2), GENERATE) for i, c in enumerate(caps)]
+    b = digits.collate(exs, (4, 4))
+    with torch.no_grad():
+        h_img = model.losses(b)["h_img"]  # (3, 16, C)
+    assert len(seen) == 16
+    for j, h in enumerate(seen):
+        torch.testing.assert_close(h, h_img[:, j], rtol=1e-5, atol=1e-5)
+    assert (b["role"] == PATCH).sum() == 3 * 16

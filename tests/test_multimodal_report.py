@@ -1,0 +1,36 @@
+"""The sweep report's significance rule (SPEC §15.4) and table, on synthetic summaries."""
+
+import json
+
+from lmlab.multimodal import report
+
+
+def test_difference_is_real_only_with_same_sign_in_all_seeds_and_beyond_two_std():
+    base = {0: 2.00, 1: 2.02, 2: 1.98}
+    delta, real = report.compare({s: v - 0.2 for s, v in base.items()}, base)
+    assert real and abs(delta + 0.2) < 1e-12
+    # same sign but within 2 std of the noise: not real
+    assert not report.compare({0: 1.99, 1: 2.01, 2: 1.97}, base)[1]
+    # large mean difference driven by one seed, signs disagree: not real
+    assert not report.compare({0: 1.5, 1: 2.03, 2: 1.99}, base)[1]
+    # a single seed is never enough
+    assert not report.compare({0: 1.0}, {0: 2.0})[1]
+
+
+def test_table_groups_runs_and_reports_paired_delta(tmp_path):
+    for i, (pos, seed, bpp) in enumerate([("rope", 0, 2.0), ("rope", 1, 2.1), ("rope2d", 0, 1.9), ("rope2d", 1, 2.0)]):
+        d = tmp_path / f"job{i}"
+        d.mkdir()
+        s = {"task": "image_text", "pos": pos, "seed": seed, "image_head": "categorical", "patch": 2,
+             "eval_split": "test", "best_step": 100, "ref_uniform_bpp": 4.09, "ref_marginal_bpp": 2.42,
+             "ref_label_marginal_bpp": 2.2, "judge_acc": 0.96, "test_img_bpp": bpp}
+        s.update({f"test_{k}": bpp for k, _, _ in report.METRICS})
+        (d / "summary.json").write_text(json.dumps(s))
+    runs = report.load_runs(str(tmp_path))
+    text, refs = report.table(runs)
+    rows = {line.split("|")[3].strip(): line for line in text.splitlines()[2:]}
+    assert set(rows) == {"rope", "rope2d"}
+    assert "-0.100" in rows["rope2d"] and "*" not in rows["rope2d"]  # 2 seeds, Δ = spread: not real
+    assert "2.050 ± 0.071" in rows["rope"]
+    report.main([str(tmp_path)])
+    assert (tmp_path / "report.png").stat().st_size > 0
