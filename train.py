@@ -15,11 +15,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 
-def _run_name(overrides: str) -> str:
-    return overrides.replace("/", "_") or "default"
+from lmlab.config import run_name_from_overrides  # noqa: E402
 
-
-OmegaConf.register_new_resolver("lmlab_run_name", _run_name, replace=True)
+OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, replace=True)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -144,7 +144,7 @@ class RunConfig:
     sweep_name: str = "sweep"
     out_dir: str = "outputs"
     run_dir: str = ""  # filled by train.py from Hydra (outputs/<run_name> or outputs/<sweep>/<job>)
-    resume: str = "auto"  # auto | true | false | a checkpoint path
+    resume: Union[bool, str] = "auto"  # auto | true | false | a checkpoint path
     cache_dir: str = ""  # tokenizer/corpus cache; "" -> $LMLAB_CACHE or ~/.cache/lmlab
     extra: dict = field(default_factory=dict)  # free-form experiment notes, logged but never read
 
@@ -296,6 +296,16 @@ def to_dict(run: RunConfig) -> dict:
     return dataclasses.asdict(run)
 
 
+def run_name_from_overrides(overrides: str) -> str:
+    """Readable run name from Hydra's override_dirname; long ones keep a prefix and a hash."""
+    import hashlib
+
+    name = overrides.replace("/", "_") or "default"
+    if len(name) > 120:
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name
+
+
 CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -308,7 +318,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), validate: bool = True):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("lmlab_run_name", lambda s: s.replace("/", "_") or "default", replace=True)
+    OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, replace=True)
     overrides = list(overrides)
     if not any(o.startswith("run_name=") for o in overrides):
         overrides.append("run_name=composed")

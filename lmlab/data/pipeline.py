@@ -8,8 +8,9 @@ draw does not depend on which worker reads it, and a resumed run redraws exactly
 Documents end with EOS and are packed into non-overlapping blocks of T+1 tokens.
 
 Batch order: the DataLoader takes batches from workers round-robin, so global batch j is worker
-(j mod W)'s (j div W)-th batch. Resuming after j batches lets each worker skip its share; this
-needs the same W, which the checkpoint records and the resume checks.
+(j mod W)'s (j div W)-th batch. Resuming after s batches, each worker skips its share and the
+workers' roles rotate by s so the round-robin continues where it stopped; this needs the same W,
+which the checkpoint records and the resume checks.
 
 Validation (``pack_eval``): deterministic segmentation, packed once, identical for every run that
 shares the tokenizer.
@@ -34,8 +35,11 @@ class PackedTrainStream(IterableDataset):
         return (info.id, info.num_workers) if info else (0, 1)
 
     def __iter__(self):
-        wid, nw = self._worker()
-        # batches j < start_batch with j % nw == wid were already consumed
+        slot, nw = self._worker()
+        # The loader polls workers round-robin from worker 0, so after resuming at global batch s,
+        # loader worker `slot` must play the part of original worker (slot + s) mod nw; the batches
+        # j < s that this original worker produced (j mod nw == wid) were already consumed.
+        wid = (slot + self.start_batch) % nw
         skip = max(0, (self.start_batch - wid + nw - 1) // nw)
         block = self.seq_len + 1
         need = block * self.batch_size

@@ -50,7 +50,8 @@ def attention(
     mask = None
     is_causal = False
     if bias is not None:
-        mask = bias
+        # torch 2.13 CPU SDPA silently miscomputes a float64 query with a float32 mask (T >= ~16)
+        mask = bias.to(torch.promote_types(q.dtype, bias.dtype))
         if causal and tq > 1:
             mask = mask.masked_fill(~causal_mask(tq, sk, q.device), float("-inf"))
     elif causal and tq > 1:

@@ -42,8 +42,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             print(f"warning: could not delete old checkpoint {path}: {e}")
 
 
-def resolve_resume(resume: str, ckpt_dir: Path) -> str | None:
+def resolve_resume(resume: str | bool, ckpt_dir: Path) -> str | None:
     last = ckpt_dir / "last.ckpt"
+    resume = str(resume)
     if resume in ("auto", "", "none", "None"):
         return str(last) if last.exists() else None
     if resume in ("false", "False", "no"):

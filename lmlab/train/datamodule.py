@@ -14,12 +14,10 @@ from lmlab.data.pipeline import PackedTrainStream, byte_lengths, pack_eval, work
 from lmlab.data.sources.base import DataError
 
 
-def byte_unigram_entropy(texts) -> float:
+def byte_unigram_entropy(data: bytes) -> float:
     """Entropy (bits) of the byte distribution of the text: the bits/byte of a model that knows only
     byte frequencies -- the baseline any trained model must beat."""
-    counts: Counter = Counter()
-    for t in texts:
-        counts.update(t.encode("utf-8"))
+    counts = Counter(data)
     n = sum(counts.values())
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
@@ -43,7 +41,9 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = build_tokenizer(run, self.corpus)
         self.train_texts = list(self.corpus.train["text"])
         val_texts = list(self.corpus.val["text"])
-        self.val_blocks = pack_eval(val_texts, self.tokenizer, run.model.seq_len)
+        blocks = pack_eval(val_texts, self.tokenizer, run.model.seq_len)
+        # a fixed subset, the same for every run with this tokenizer and seq_len
+        self.val_blocks = blocks[: run.data.batch_size * run.trainer.limit_val_batches]
         if len(self.val_blocks) == 0:
             raise DataError(
                 f"the validation split ({len(val_texts)} documents) holds fewer than model.seq_len+1="
@@ -51,8 +51,9 @@ class TextDataModule(L.LightningDataModule):
                 "or a smaller model.seq_len"
             )
         self.bytes_len = byte_lengths(self.tokenizer)
-        val_tokens = self.val_blocks.numel()
-        self.val_bytes_per_token = float(self.bytes_len[self.val_blocks].sum()) / val_tokens
+        targets = self.val_blocks[:, 1:]
+        val_tokens = targets.numel()
+        self.val_bytes_per_token = float(self.bytes_len[targets].sum()) / val_tokens
         train_bytes = sum(len(t.encode("utf-8")) for t in self.train_texts)
         est_train_tokens = train_bytes / self.val_bytes_per_token
         need = run.data.batch_size * (run.model.seq_len + 1) * max(1, run.data.num_workers)
@@ -61,7 +62,10 @@ class TextDataModule(L.LightningDataModule):
                 f"the training split (~{est_train_tokens:.0f} tokens) is smaller than one batch per "
                 f"worker ({need} tokens = data.batch_size x (model.seq_len+1) x data.num_workers)"
             )
-        self.entropy_bits = byte_unigram_entropy(val_texts) if run.trainer.entropy_baseline else float("nan")
+        # the baseline is measured on exactly the bytes the validation targets stand for
+        table = self.tokenizer.bytes_table()
+        val_bytes = b"".join(table[t] for t in targets.flatten().tolist())
+        self.entropy_bits = byte_unigram_entropy(val_bytes) if run.trainer.entropy_baseline else float("nan")
         self.log(
             f"tokenizer: {type(self.tokenizer).__name__} vocab {self.tokenizer.vocab_size}, "
             f"val {val_tokens:,} tokens ({self.val_bytes_per_token:.2f} bytes/token), "
@@ -81,5 +85,4 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        blocks = self.val_blocks[: self.run.data.batch_size * self.run.trainer.limit_val_batches]
-        return DataLoader(torch.utils.data.TensorDataset(blocks), batch_size=self.run.data.batch_size)
+        return DataLoader(torch.utils.data.TensorDataset(self.val_blocks), batch_size=self.run.data.batch_size)

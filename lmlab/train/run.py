@@ -34,7 +34,8 @@ def configure_threads(run) -> int:
     return n
 
 
-def train(run, log=print) -> dict:
+def train(run, log=print, callbacks=()) -> dict:
+    """Train ``run`` in its run directory; ``callbacks`` are extra Lightning callbacks (tests use them)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -82,12 +83,13 @@ def train(run, log=print) -> dict:
         max_steps=run.trainer.max_steps, val_check_interval=run.trainer.val_every,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=1.0,
         log_every_n_steps=run.trainer.log_every, logger=loggers,
-        callbacks=[ckpt_cb, GracefulStop(ckpt_dir)], plugins=[AtomicCheckpointIO()],
+        callbacks=[ckpt_cb, GracefulStop(ckpt_dir), *callbacks], plugins=[AtomicCheckpointIO()],
         gradient_clip_val=run.optim.grad_clip or None, deterministic=run.trainer.deterministic,
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
     )
     try:
-        trainer.fit(module, datamodule=task.datamodule, ckpt_path=ckpt_path)
+        # our own checkpoints hold RNG states and the pickled tokenizer, not only tensors
+        trainer.fit(module, datamodule=task.datamodule, ckpt_path=ckpt_path, weights_only=False)
         trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))
         if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=task.datamodule, verbose=False)
