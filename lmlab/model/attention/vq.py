@@ -210,8 +210,9 @@ class VQAttention(Attention):
         B, H, T, D = q.shape
         bl = self.block_len
         if cache.U is None:
-            cache.U = v.new_zeros(B, H, self.S, v.shape[-1])
-            cache.n = v.new_zeros(B, H, self.S)
+            acc = torch.promote_types(v.dtype, torch.float32)
+            cache.U = v.new_zeros(B, H, self.S, v.shape[-1], dtype=acc)
+            cache.n = v.new_zeros(B, H, self.S, dtype=acc)
             cache.wz = z.new_zeros(B, H, 0)
             cache.wv = v.new_zeros(B, H, 0, v.shape[-1])
         W0 = cache.wz.shape[2]  # window tokens already cached; the window starts at a block boundary

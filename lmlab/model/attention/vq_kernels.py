@@ -52,8 +52,10 @@ def local_bias(bias: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor) -> 
 
 def aggregate(z: torch.Tensor, v: torch.Tensor, S: int):
     """Per-code value sums U (B, H, S, Dv) and counts n (B, H, S) of the keys coded z (B, H, T)."""
-    onehot = F.one_hot(z, S).to(v.dtype)  # (B, H, T, S)
-    return torch.einsum("bhts,bhtd->bhsd", onehot, v), onehot.sum(2)
+    acc = torch.promote_types(v.dtype, torch.float32)
+    with torch.autocast(v.device.type, enabled=False):
+        onehot = F.one_hot(z, S).to(acc)  # (B, H, T, S)
+        return torch.einsum("bhts,bhtd->bhsd", onehot, v.to(acc)), onehot.sum(2)
 
 
 def vq_attention_quadratic(q, khat, v, bias, scale: float, impl: str = "manual") -> torch.Tensor:
@@ -90,12 +92,15 @@ def vq_attention_blocks(
     first = torch.zeros(N, 1, 1, dtype=torch.bool, device=q.device)
     first[0] = True
     s_prev = s_prev.masked_fill(first, neg_inf)  # block 0 has no previous block
-    onehot = F.one_hot(z, S).to(v.dtype).view(B, H, N, bl, S)
-    cnt = F.pad(onehot.sum(3).cumsum(2), (0, 0, 2, 0))[:, :, :N]  # (B, H, N, S): blocks <= i-2
-    U = F.pad(torch.einsum("bhnls,bhnld->bhnsd", onehot, vb).cumsum(2), (0, 0, 0, 0, 2, 0))[:, :, :N]
-    if state is not None:
-        U = U + state[0][:, :, None]  # (B, H, N, S, Dv)
-        cnt = cnt + state[1][:, :, None]
+    acc = torch.promote_types(v.dtype, torch.float32)  # counts and sums stay exact under bf16 autocast
+    with torch.autocast(q.device.type, enabled=False):
+        onehot = F.one_hot(z, S).to(acc).view(B, H, N, bl, S)
+        cnt = F.pad(onehot.sum(3).cumsum(2), (0, 0, 2, 0))[:, :, :N]  # (B, H, N, S): blocks <= i-2
+        U = torch.einsum("bhnls,bhnld->bhnsd", onehot, vb.to(acc))
+        U = F.pad(U.cumsum(2), (0, 0, 0, 0, 2, 0))[:, :, :N]  # (B, H, N, S, Dv)
+        if state is not None:
+            U = U + state[0][:, :, None]
+            cnt = cnt + state[1][:, :, None]
     s_code = torch.einsum("bhnld,hsd->bhnls", qb, codebook) * scale + cnt.log()[:, :, :, None]
     Ubar = U / cnt.clamp(min=1)[..., None]  # mean value per code (SPEC §10 "aggregated cache")
     p = torch.cat((s_loc, s_prev, s_code), dim=-1).softmax(-1)  # (B, H, N, l, 2l + S)
