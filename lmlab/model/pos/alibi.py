@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lmlab.model.pos.assign import assign_for
 from lmlab.model.pos.base import PosConfig, PosEncoding
 from lmlab.registry import POS
 
@@ -57,10 +56,6 @@ class ALiBi(PosEncoding):
         super().__init__(cfg, model_cfg)
         # not saved in checkpoints; follows .to(device/dtype) so bias() can match a float64 model
         self.register_buffer("head_slopes", torch.tensor(alibi_slopes(model_cfg.n_head)), persistent=False)
-
-    def assign(self, segments) -> torch.Tensor:
-        """Positions (N, 1) of a text/image/video segment list, laid out flat (SPEC §8)."""
-        return assign_for(self, segments)
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n_head: int) -> torch.Tensor:
         """q_pos (B, Tq, A), k_pos (B, Sk, A) -> additive logits (B, H, Tq, Sk)."""

@@ -31,6 +31,7 @@ class PosEncoding(nn.Module):
     n_axes: int = 1
     rotary: bool = False  # rotate() changes q/k
     has_bias: bool = False  # bias() returns logits
+    position_scheme: str = "flat"  # how image/video segments are laid out (lmlab.model.pos.assign)
 
     def __init__(self, cfg: PosConfig, model_cfg):
         super().__init__()
@@ -41,6 +42,12 @@ class PosEncoding(nn.Module):
         """Positions of plain text: token n gets (n, n, ...) on every axis. (B, T, A) float."""
         p = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
         return p[None, :, None].expand(batch, seq_len, self.n_axes)
+
+    def assign(self, segments) -> torch.Tensor:
+        """Positions (N, A) of a [("text", n) | ("image", h, w) | ("video", t, h, w)] list (SPEC §8)."""
+        from lmlab.model.pos.assign import assign_for
+
+        return assign_for(self, segments)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return x

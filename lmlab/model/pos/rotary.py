@@ -17,7 +17,6 @@ from typing import Literal
 
 import torch
 
-from lmlab.model.pos.assign import assign_for
 from lmlab.model.pos.base import PosConfig, PosEncoding
 
 
@@ -68,10 +67,6 @@ class RotaryBase(PosEncoding):
     Config = RotaryConfig
     rotary = True
     position_scheme = "flat"  # how lmlab.model.pos.assign lays out image/video segments
-
-    def assign(self, segments) -> torch.Tensor:
-        """Positions (N, A) of a text/image/video segment list under this scheme (SPEC §8)."""
-        return assign_for(self, segments)
 
     def pair_axes(self, n_pairs: int) -> list[int]:
         """Which position axis drives each frequency pair."""
