@@ -53,3 +53,19 @@ def test_bad_template_and_bad_patch_are_reported_together(compose):
     ps = problems(compose, "data.patch=5", "data.train_templates=['this is {digit}']")
     assert any("data.patch=5" in p for p in ps)
     assert any(p.startswith("data.train_templates[0]") for p in ps)
+
+
+@pytest.mark.parametrize("exp", ["pos_multimodal", "pos_multimodal_quick"])
+def test_sweep_experiments_validate_for_every_swept_choice(compose, exp):
+    import itertools
+    from pathlib import Path
+
+    import yaml
+
+    from lmlab.config import CONF_DIR
+
+    params = yaml.safe_load((Path(CONF_DIR) / "experiment" / f"{exp}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    keys = [k for k in params if k != "seed"]  # seeds do not change validity
+    for combo in itertools.product(*(str(params[k]).split(",") for k in keys)):
+        run = compose([f"experiment={exp}", *(f"{k}={v}" for k, v in zip(keys, combo))])
+        assert run.data.name == "digits" and run.sweep_name == exp

@@ -24,6 +24,7 @@ METRICS = [  # (summary key without split prefix, column title, format)
     ("text_bpb_understand", "caption bpb given image", "{:.3f}"),
     ("text_bpb_generate", "caption bpb prior", "{:.3f}"),
     ("caption_acc", "caption acc", "{:.3f}"),
+    ("caption_acc_shuffled", "caption acc, other image", "{:.3f}"),
     ("gen_acc", "gen acc", "{:.3f}"),
     ("gen_diversity", "gen diversity", "{:.2f}"),
 ]

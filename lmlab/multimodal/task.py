@@ -9,6 +9,8 @@
   directions): ``val/loss`` (the objective), ``val/bpb`` (caption bits/byte, both directions pooled),
   ``val/img_bpp`` and the per-direction figures. The weights with the best ``val/img_bpp`` are kept (in
   memory and in every checkpoint, so resume keeps them); ``data.patience`` > 0 stops early.
+- ``<split>_caption_acc_shuffled`` scores the captions against another image's pixels (a random
+  permutation): about 0.1 when the model reads the image (SPEC §15 "How to test").
 - At the end, the best weights are measured on ``data.eval_split`` (default test): every metric of
   ``metrics.py``, written into summary.json as ``<split>_*`` fields, with ``samples.png`` (one row of
   caption-conditioned samples per digit) in the run directory. The final numbers therefore always come
@@ -59,10 +61,18 @@ class DigitsDataModule(L.LightningDataModule):
         d = self.run.data
         stream = digits.TrainStream(*self.splits["train"], d.patch, d.batch_size, self.run.seed,
                                     d.train_templates, d.understand_frac, start_batch=self.start_batch)
-        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=d.num_workers)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=d.num_workers,
+                                           generator=_private_generator(self.run.seed))
 
     def val_dataloader(self):
-        return torch.utils.data.DataLoader(self.val, batch_size=None)
+        return torch.utils.data.DataLoader(self.val, batch_size=None, generator=_private_generator(0))
+
+
+def _private_generator(seed: int) -> torch.Generator:
+    """Each DataLoader iterator draws a base seed from its generator -- from the *global* torch RNG when
+    none is given. Validation starts a new iterator every time, so without this a run resumed from a
+    checkpoint written before a validation would see different dropout draws than the original run."""
+    return torch.Generator().manual_seed(seed)
 
 
 class ImageTextModule(L.LightningModule):
@@ -199,6 +209,9 @@ def final_metrics(model: ImageTextModel, run, splits: dict, run_dir: Path | None
     batches = digits.eval_batches(images, labels, d.patch, 128, d.eval_template)
     out = {f"{name}_{k}": v for k, v in metrics.evaluate(model, batches, d.img_weight).items()}
     out[f"{name}_caption_acc"] = metrics.caption_accuracy(model, images, labels, d.patch, d.eval_template)
+    other = np.random.default_rng(run.seed).permutation(len(labels))  # SPEC §15: another image's pixels
+    out[f"{name}_caption_acc_shuffled"] = metrics.caption_accuracy(
+        model, images[other], labels, d.patch, d.eval_template)
     judge = metrics.fit_judge(*splits["train"])
     samples, s_lab = metrics.sample_per_class(model, d.samples_per_class, seed=run.seed, template=d.eval_template)
     out[f"{name}_gen_acc"] = metrics.judge_accuracy(judge, samples, s_lab)
