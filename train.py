@@ -14,7 +14,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-
 from lmlab.config import run_name_from_overrides  # noqa: E402
 
 OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, replace=True)

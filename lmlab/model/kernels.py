@@ -44,9 +44,6 @@ def attention(
         return _manual(q, k, v, causal=causal, bias=bias, scale=scale, dropout_p=dropout_p)
     if impl != "sdpa":
         raise ValueError(f"unknown attention impl '{impl}'; available: {', '.join(IMPLS)}")
-    if G != H:  # expand groups; cheap views, and avoids relying on enable_gqa support everywhere
-        k = k.repeat_interleave(H // G, dim=1)
-        v = v.repeat_interleave(H // G, dim=1)
     mask = None
     is_causal = False
     if bias is not None:
@@ -59,8 +56,9 @@ def attention(
             is_causal = True
         else:
             mask = causal_mask(tq, sk, q.device)
+    # enable_gqa lets the kernel read each shared key/value head once instead of a copy per query head
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=G != H
     )
 
 

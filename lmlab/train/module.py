@@ -68,11 +68,8 @@ class LMModule(L.LightningModule):
         x, y = tokens[:, :-1], tokens[:, 1:]
         logits = self.model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        total = loss
         aux = self.model.aux_loss()
-        if aux is not None:
-            total = loss + aux
-            self.log("train/aux_loss", aux.detach(), on_step=True)
+        total = loss if aux is None else loss + aux
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"non-finite training loss ({total.item()}) at step {self.global_step}; "
@@ -83,37 +80,42 @@ class LMModule(L.LightningModule):
         self.tokens_seen += n
         self.train_bytes += int(self.bytes_len[y].sum())
         self._tok_since += n
-        now = time.perf_counter()
-        if self._t_last is None:
-            self._t_last = now
-            self._tok_since = 0
-        elif self.global_step % self.run.trainer.log_every == 0 and now > self._t_last:
-            self.tokens_per_sec = self._tok_since / (now - self._t_last)
-            self._t_last, self._tok_since = now, 0
-            self.log("train/tokens_per_sec", self.tokens_per_sec, on_step=True)
         self.last_train_loss = loss.item()
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self.log("train/epoch", float(batch["epoch"]), on_step=True)
-        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
-        for k, v in self._attention_metrics().items():
-            self.log(f"train/{k}", v, on_step=True)
+        if self.global_step % self.run.trainer.log_every == 0:  # only the steps Lightning writes
+            self._log_step(batch, loss, aux)
         return total
 
-    def _attention_metrics(self) -> dict:
-        out: dict = {}
+    def _log_step(self, batch, loss, aux) -> None:
+        now = time.perf_counter()
+        metrics = {
+            "train/loss": loss.detach(),
+            "train/epoch": float(batch["epoch"]),
+            "train/tokens_seen": float(self.tokens_seen),
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        if self._t_last is not None and now > self._t_last:
+            self.tokens_per_sec = self._tok_since / (now - self._t_last)
+            metrics["train/tokens_per_sec"] = self.tokens_per_sec
+        self._t_last, self._tok_since = now, 0
+        if aux is not None:
+            metrics["train/aux_loss"] = aux.detach()
         for i, b in enumerate(self.model.blocks):
             for k, v in b.attn.metrics().items():
-                out[f"{k}/layer{i}"] = v
-        return out
+                metrics[f"train/{k}/layer{i}"] = v
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+        self.log("train/loss_bar", loss.detach(), prog_bar=True, logger=False)
 
     def on_before_optimizer_step(self, optimizer):
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters() if p.grad is not None])
+        # Clipping here (not through Trainer.gradient_clip_val) computes the norm once for both
+        # the clip and the non-finite check, which must happen before the optimizer step.
+        clip = self.run.optim.grad_clip or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         if not torch.isfinite(norm):
             raise FloatingPointError(
                 f"non-finite gradient norm at step {self.global_step}; stopped before the optimizer step"
             )
-        self.log("train/grad_norm", norm, on_step=True)
+        if self.global_step % self.run.trainer.log_every == 0:
+            self.log("train/grad_norm", norm, on_step=True)
 
     def configure_optimizers(self):
         o = self.run.optim

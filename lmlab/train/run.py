@@ -11,9 +11,11 @@ tokenizer workers use one each and mostly sleep on a full prefetch queue (README
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,6 +46,11 @@ def train(run, log=print, callbacks=()) -> dict:
     from lmlab.train.task import get_task
 
     t0 = time.time()
+    # Lightning's start-up banners (GPU available, tips) are noise in a lab log; warnings stay
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     run_dir = Path(run.run_dir or Path(run.out_dir) / run.run_name)
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +91,7 @@ def train(run, log=print, callbacks=()) -> dict:
         check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=1.0,
         log_every_n_steps=run.trainer.log_every, logger=loggers,
         callbacks=[ckpt_cb, GracefulStop(ckpt_dir), *callbacks], plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=run.optim.grad_clip or None, deterministic=run.trainer.deterministic,
+        deterministic=run.trainer.deterministic,
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
     )
     try:

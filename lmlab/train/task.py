@@ -55,6 +55,7 @@ class LMTask:
             "val_byte_unigram_entropy": dm.entropy_bits,
             "vocab_size": dm.tokenizer.vocab_size,
             "cache_elems_per_token": m.model.cache_elems_per_token(),
+            "cache_state_elems": sum(b.attn.cache_state_elems() for b in m.model.blocks),
             "n_params": m.model.n_params(),
         }
 

@@ -1,0 +1,146 @@
+"""Training tokens/s: lmlab's Lightning loop vs a plain PyTorch loop, same model, same batches.
+
+    python scripts/bench/throughput.py [--steps 60] [--warmup 10] [overrides...]
+
+Measured in one run, on the configured model (default micro) and corpus:
+  plain      hand-written loop: forward, loss, backward, clip, AdamW, LR schedule (pre-tokenized batches)
+  lmlab      LMModule in a Lightning Trainer on the same pre-tokenized batches (framework overhead)
+  pipeline   lmlab with its real data path: on-the-fly tokenization in data.num_workers worker(s)
+             (run once per worker setting given by --workers), and with a sampling tokenizer if
+             --sample is given (tokenizer.sample=true)
+Each figure is tokens/s over the steps after --warmup; the ratio is against `plain`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def plain_loop(run, tokenizer, batches, warmup):
+    from lmlab.model.transformer import build_model
+    from lmlab.train.module import lr_lambda
+
+    torch.manual_seed(0)
+    model = build_model(run, tokenizer.vocab_size)
+    o = run.optim
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, run.trainer.max_steps))
+    model.train()
+    t0 = None
+    for i, tokens in enumerate(batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        opt.step()
+        sched.step()
+    n = (len(batches) - warmup) * batches[0][:, 1:].numel()
+    return n / (time.perf_counter() - t0)
+
+
+class Timer:
+    def __init__(self, warmup):
+        import lightning as L
+
+        class _T(L.Callback):
+            def __init__(s):
+                s.t0 = s.t1 = None
+                s.n = 0
+
+            def on_train_batch_start(s, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == warmup:
+                    s.t0 = time.perf_counter()
+
+            def on_train_batch_end(s, trainer, pl_module, outputs, batch, batch_idx):
+                if s.t0 is not None:
+                    s.n += batch["tokens"][:, 1:].numel()
+                    s.t1 = time.perf_counter()
+
+        self.cb = _T()
+
+    @property
+    def rate(self):
+        return self.cb.n / (self.cb.t1 - self.cb.t0)
+
+
+def lightning_loop(run, module, loader, steps, warmup):
+    import lightning as L
+
+    timer = Timer(warmup)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[timer.cb])
+    trainer.fit(module, train_dataloaders=loader)
+    return timer.rate
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--workers", default="0,1", help="worker counts to measure the real pipeline with")
+    ap.add_argument("--sample", action="store_true", help="also measure with tokenizer.sample=true")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    from lmlab.config import compose
+    from lmlab.train.datamodule import TextDataModule
+    from lmlab.train.module import LMModule
+    from lmlab.train.run import configure_threads
+
+    run = compose(["trainer.progress_bar=false", *args.overrides])
+    threads = configure_threads(run)
+    dm = TextDataModule(run, log=lambda *_: None)
+    dm.setup("fit")
+    dm.run.data.num_workers = 0
+    it = iter(dm.train_dataloader())
+    batches = [next(it)["tokens"] for _ in range(args.steps)]
+    print(f"model {run.model.d_model}x{run.model.n_layer}, seq_len {run.model.seq_len}, batch "
+          f"{run.data.batch_size}, vocab {dm.tokenizer.vocab_size}, {threads} torch threads, "
+          f"{args.steps - args.warmup} timed steps")
+
+    plain = plain_loop(run, dm.tokenizer, batches, args.warmup)
+    rows = [("plain PyTorch loop", plain)]
+    torch.manual_seed(0)
+    module = LMModule(run, dm.tokenizer, dm.bytes_len)
+    rows.append(("lmlab (Lightning), same batches", lightning_loop(
+        run, module, DataLoader([{"tokens": b, "epoch": 0} for b in batches], batch_size=None),
+        args.steps, args.warmup)))
+    settings = [(int(w), False) for w in args.workers.split(",")]
+    if args.sample:
+        settings += [(int(w), True) for w in args.workers.split(",")]
+    for workers, sample in settings:
+        run.data.num_workers = workers
+        run.tokenizer.sample = sample
+        dm.tokenizer.cfg.sample = sample
+        dm.tokenizer.sampling = sample
+        torch.manual_seed(0)
+        module = LMModule(run, dm.tokenizer, dm.bytes_len)
+        rate = lightning_loop(run, module, dm.train_dataloader(), args.steps, args.warmup)
+        rows.append((f"lmlab pipeline, {workers} worker(s){', sampling' if sample else ''}", rate))
+    print(f"{'loop':44s} {'tokens/s':>10s} {'ratio':>7s}")
+    for name, rate in rows:
+        print(f"{name:44s} {rate:10.0f} {rate / plain:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
