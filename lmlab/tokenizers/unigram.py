@@ -34,6 +34,7 @@ SentencePiece). Other models are normalized with SentencePiece's own normalizer 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,19 @@ class UnigramTokenizer(Tokenizer):
         if not text:
             return []
         return segment(self.model, self.normalize(text), mode, alpha, seed).tolist()
+
+    def with_mode(self, mode: Optional[str] = None, alpha: Optional[float] = None) -> UnigramTokenizer:
+        """A copy that segments with another mode and/or alpha (shares the model; no reload)."""
+        cfg = dataclasses.replace(self.cfg, mode=mode or self.cfg.mode,
+                                  alpha=self.cfg.alpha if alpha is None else float(alpha))
+        if cfg.mode not in MODES:
+            raise ValueError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+        if cfg.alpha < 0:
+            raise ValueError(f"alpha={cfg.alpha} must be >= 0")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.cfg, new.sampling = cfg, cfg.mode != "viterbi"
+        return new
 
     def piece_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]
