@@ -7,7 +7,7 @@ import pytest
 from lmlab.config import CONF_DIR, ConfigError, build_config
 from lmlab.registry import UnknownVariantError
 
-GROUPS = ["model", "attention", "pos", "tokenizer", "data", "optim", "trainer", "logger", "debug"]
+GROUPS = ["model", "attention", "pos", "tokenizer", "data", "optim", "trainer", "logger", "debug", "experiment"]
 
 
 def _yamls(group):

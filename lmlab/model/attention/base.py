@@ -37,30 +37,63 @@ class AttentionConfig:
 
 
 class KVCache:
-    """Per-layer cache: named tensors grown along the time axis, plus the cached positions.
+    """Per-layer cache: named tensors grown along their time axis, plus the cached positions.
 
-    Tensors are stored as (B, *, S, *) with the time axis given per name at first append.
+    Each tensor lives in a buffer with spare room that doubles when full, so decoding a token copies
+    only that token's entries (amortised), not the whole cache; ``append`` returns a view of the
+    filled part. Tensors are stored as (B, *, S, *) with the time axis given per name.
     """
 
     def __init__(self):
-        self.tensors: dict[str, torch.Tensor] = {}
+        self._buf: dict[str, torch.Tensor] = {}
+        self._len: dict[str, int] = {}
         self.time_dim: dict[str, int] = {}
-        self.positions: Optional[torch.Tensor] = None  # (B, S, A)
+        self._pos_buf: Optional[torch.Tensor] = None
+        self._pos_len = 0
 
     @property
     def length(self) -> int:
-        return 0 if self.positions is None else self.positions.shape[1]
+        return self._pos_len
+
+    @property
+    def positions(self) -> Optional[torch.Tensor]:  # (B, S, A)
+        return None if self._pos_buf is None else self._pos_buf[:, : self._pos_len]
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: self._view(name) for name in self._buf}
+
+    def _view(self, name: str) -> torch.Tensor:
+        return self._buf[name].narrow(self.time_dim[name], 0, self._len[name])
+
+    @staticmethod
+    def _grow(buf: Optional[torch.Tensor], used: int, t: torch.Tensor, dim: int) -> torch.Tensor:
+        need = used + t.shape[dim]
+        if buf is None or need > buf.shape[dim]:
+            shape = list(t.shape)
+            shape[dim] = max(need, 2 * (buf.shape[dim] if buf is not None else 0), 16)
+            new = t.new_empty(shape)
+            if buf is not None and used:
+                new.narrow(dim, 0, used).copy_(buf.narrow(dim, 0, used))
+            buf = new
+        buf.narrow(dim, used, t.shape[dim]).copy_(t)
+        return buf
 
     def append(self, name: str, t: torch.Tensor, time_dim: int) -> torch.Tensor:
-        """Append t along time_dim and return the whole cached tensor."""
-        if name in self.tensors:
-            t = torch.cat((self.tensors[name], t), dim=time_dim)
-        self.tensors[name] = t
+        """Append t along time_dim and return the whole cached tensor (a view)."""
+        time_dim = time_dim % t.dim()
         self.time_dim[name] = time_dim
-        return t
+        used = self._len.get(name, 0)
+        self._buf[name] = self._grow(self._buf.get(name), used, t, time_dim)
+        self._len[name] = used + t.shape[time_dim]
+        return self._view(name)
+
+    def get(self, name: str) -> Optional[torch.Tensor]:
+        return self._view(name) if name in self._buf else None
 
     def append_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        self.positions = positions if self.positions is None else torch.cat((self.positions, positions), 1)
+        self._pos_buf = self._grow(self._pos_buf, self._pos_len, positions, 1)
+        self._pos_len += positions.shape[1]
         return self.positions
 
     def n_elements_per_token(self) -> int:
