@@ -86,16 +86,19 @@ def probe_checkpoint(ckpt: Path, cfg: ProbeConfig, out: Path, log=print) -> dict
 def format_result(res: dict) -> str:
     lines = [f"{res.get('n_pairs', 0)} matched prompt pairs; {res.get('model_rows', 0)} model rows; "
              f"{res.get('wall_time_s', 0):.1f} s"]
-    head = f"{'variant':<10} {'metric':<20} {'boundary':>10} {'mid_token':>10} {'gap':>10}"
+    head = (f"{'variant':<9} {'metric':<19} {'boundary':>9} {'mid_token':>9} {'gap':>9} "
+            f"{'mid_ref':>9} {'gap_match':>9}")
     lines += [head, "-" * len(head)]
     for name, v in res.items():
         if not (isinstance(v, dict) and "gap" in v):
             continue
         for m in METRICS:
-            lines.append(f"{name:<10} {m:<20} {v['boundary'][m]:>10.4f} {v['mid_token'][m]:>10.4f} "
-                         f"{v['gap'][m]:>+10.4f}")
-        lines.append(f"{name:<10} {'search bound':<20} dropped mass ≤ "
-                     f"{max(v['boundary']['dropped_max'], v['mid_token']['dropped_max']):.2e} per query")
+            ref, gm = v["mid_token_ref"][m], v["gap_matched"].get(m, float("nan"))
+            tail = "" if ref != ref else f" {ref:>9.4f} {gm:>+9.4f}"  # greedy: no reference
+            lines.append(f"{name:<9} {m:<19} {v['boundary'][m]:>9.4f} {v['mid_token'][m]:>9.4f} "
+                         f"{v['gap'][m]:>+9.4f}{tail}")
+        lines.append(f"{name:<9} {'search bound':<19} dropped mass ≤ "
+                     f"{max(v[k]['dropped_max'] for k in ('boundary', 'mid_token')):.2e} per query")
     return "\n".join(lines)
 
 

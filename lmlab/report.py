@@ -189,7 +189,7 @@ def plot_continuation(groups: dict[str, list[Run]], pvars: list[str], path: Path
     import matplotlib.pyplot as plt
 
     variants = list(groups)
-    bars = [(pv, kind) for pv in pvars for kind in ("boundary", "mid_token")]
+    bars = [(pv, kind) for pv in pvars for kind in ("boundary", "mid_token", "mid_token_ref")]
     fig, axes = plt.subplots(len(CONT_METRICS), 1, figsize=(max(8, 1.6 * len(variants) + 3), 3.2 * len(CONT_METRICS)))
     width = 0.8 / max(1, len(bars))
     x = np.arange(len(variants))
@@ -197,16 +197,19 @@ def plot_continuation(groups: dict[str, list[Run]], pvars: list[str], path: Path
     for ax, metric in zip(np.atleast_1d(axes), CONT_METRICS):
         for b, (pv, kind) in enumerate(bars):
             ms = [_ms([_get(r.probe, pv, kind, metric) for r in groups[v]]) for v in variants]
+            if all(math.isnan(m) for m, _ in ms):
+                continue  # greedy metrics have no reference row
             ax.bar(x + (b - (len(bars) - 1) / 2) * width, [m for m, _ in ms], width,
                    yerr=[0 if math.isnan(s) else s for _, s in ms], capsize=2,
-                   label=f"{pv} / {kind}", hatch="//" if kind == "mid_token" else None,
+                   label=f"{pv} / {kind}", hatch={"mid_token": "//", "mid_token_ref": ".."}.get(kind),
                    color=colors[pvars.index(pv) % len(colors)], alpha=1.0 if kind == "boundary" else 0.55)
         ax.set_ylabel(metric)
         ax.set_xticks(x)
         ax.set_xticklabels(variants, rotation=15, ha="right", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7, ncol=2)
-    np.atleast_1d(axes)[0].set_title("continuation: boundary vs mid-token cuts (error bars: std over seeds)")
+    np.atleast_1d(axes)[0].set_title("continuation: boundary vs mid-token cuts; ref = mid-token targets scored "
+                                     "from the boundary prompt (error bars: std over seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -286,19 +289,26 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
         md += ["## Continuation probe (SPEC §5)", "",
                "p_* = probability of the true next character / rest of the word, summed over every token "
                "sequence spelling it (a lower bound: see the search bound below); greedy_* = greedy decoding "
-               "reproduces it. gap = boundary − mid-token.", "", "![continuation](continuation.png)", ""]
+               "reproduces it. bnd = prompts cut at a token boundary, mid = cut inside a token, gap = bnd − mid. "
+               "ref = the mid-token prompt's targets scored from the paired boundary prompt "
+               "(P(lead + y) / P(lead)): what the model believes when the prompt is tokenized as in training; "
+               "gap_m = ref − mid, the distortion caused by the cut alone.", "",
+               "![continuation](continuation.png)", ""]
         for pv in pvars:
             md += [f"### {pv}", ""]
-            rows = []
-            for v, rs in groups.items():
-                row = [v]
-                for m in CONT_METRICS:
-                    row += [_pm([_get(r.probe, pv, k, m) for r in rs]) for k in ("boundary", "mid_token", "gap")]
-                rows.append(row)
-            md += _table(["variant"] + [f"{m} {k}" for m in CONT_METRICS for k in ("bnd", "mid", "gap")], rows)
+            prob = [(m, k) for m in ("p_char", "p_word") for k in ("boundary", "mid_token", "mid_token_ref",
+                                                                   "gap", "gap_matched")]
+            greedy = [(m, k) for m in ("greedy_char", "greedy_word") for k in ("boundary", "mid_token", "gap")]
+            short = {"boundary": "bnd", "mid_token": "mid", "mid_token_ref": "ref", "gap": "gap",
+                     "gap_matched": "gap_m"}
+            for cols in (prob, greedy):
+                md += _table(["variant"] + [f"{m} {short[k]}" for m, k in cols],
+                             [[v] + [_pm([_get(r.probe, pv, k, m) for r in rs]) for m, k in cols]
+                              for v, rs in groups.items()])
+                md += [""]
             bound = max((max(_get(r.probe, pv, k, "dropped_max", default=0.0) for k in ("boundary", "mid_token"))
                          for r in done if r.probe), default=0.0)
-            md += ["", f"Search bound: at most {bound:.2e} probability mass left unexplored per query "
+            md += [f"Search bound: at most {bound:.2e} probability mass left unexplored per query "
                    "(exact value within [p, p + bound]).", ""]
     md += ["## Every run", ""]
     head = ["run", "status"] + axes + ["step", "val bits/byte", "bytes/tok train", "bytes/tok val", "tokens/s"]

@@ -207,6 +207,7 @@ def test_prompts_are_matched_boundary_and_mid_token_cuts():
         assert doc[cut_m:].startswith(m.word) and m.char == doc[cut_m:cut_m + len(m.char)]
         assert b.char == doc[cut_b:cut_b + len(b.char)] and len(b.char.decode()) == 1
         assert m.word.startswith(m.char) and b.word.startswith(b.char)
+        assert m.lead == doc[cut_b:cut_m] and b.lead == b""
 
 
 def test_run_probe_end_to_end_on_a_tiny_transformer():
@@ -231,3 +232,63 @@ def test_run_probe_end_to_end_on_a_tiny_transformer():
         assert v["boundary"]["dropped_max"] <= 1.0
         assert all(math.isfinite(v[k]["bits_char"]) for k in ("boundary", "mid_token"))
     assert res["heal_k1"]["mid_token"]["healed_frac"] > 0
+
+
+class PairTokenizer(ToyTokenizer):
+    """Every string of 1 or 2 characters over {a, b, space} is a token; encode = 2-byte chunks."""
+
+    def __init__(self):
+        chars = ["a", "b", " "]
+        super().__init__(chars + [x + y for x in chars for y in chars])
+
+    def encode(self, text, rng=None):
+        return [self.table.index(text[i:i + 2].encode()) for i in range(0, len(text), 2)]
+
+
+class ByteConsistentLM:
+    """A token LM whose byte-level behaviour is a first-order byte Markov chain, whatever the
+    tokenization of the context: p(t | ctx) = 1/2 · P_chain(bytes(t) | last byte of ctx) for t of
+    1 or 2 bytes (each length has total mass 1/2). So P(next bytes = y | prompt) = P_chain(y | prompt)
+    exactly, for mid-token prompts as much as for boundary prompts."""
+
+    def __init__(self, tok, seed=0):
+        rng = np.random.default_rng(seed)
+        self.tok, self.P = tok, rng.dirichlet(np.ones(3), size=3)  # P[prev, next] over "ab "
+        self.code = {ord("a"): 0, ord("b"): 1, ord(" "): 2}
+
+    def chain(self, prev: int, y: bytes) -> float:
+        p, c = 1.0, self.code[prev]
+        for ch in y:
+            p *= self.P[c, self.code[ch]]
+            c = self.code[ch]
+        return p
+
+    def __call__(self, ids):
+        out = torch.full((*ids.shape, self.tok.vocab_size), -math.inf, dtype=torch.float64)
+        for b, seq in enumerate(ids.tolist()):
+            for t in range(len(seq)):
+                prev = self.tok.table[seq[t]][-1]
+                for j in range(1, self.tok.vocab_size):
+                    out[b, t, j] = math.log(0.5 * self.chain(prev, self.tok.table[j]))
+        return out
+
+
+def test_mid_token_equals_reference_for_a_tokenization_consistent_lm():
+    tok = PairTokenizer()
+    lm = ByteConsistentLM(tok)
+    rng = np.random.default_rng(1)
+    text = "".join(rng.choice(["a", "b", " "], size=3000))
+    cfg = ProbeConfig(n_prompts=30, context_tokens=8, max_target_bytes=5, min_prob=0.0, heal_k=[1])
+    prompts = make_prompts(tok, [text], cfg)
+    res = run_probe(lm, tok, [text], cfg)
+    want = {"boundary": [], "mid_token": []}
+    for pr in prompts:
+        prev = tok.decode_bytes(pr.ids)[-1]
+        want[pr.kind].append((lm.chain(prev, pr.char), lm.chain(prev, pr.word)))
+    for name in ("plain", "heal_k1"):
+        v = res[name]
+        for kind in ("boundary", "mid_token"):
+            assert v[kind]["p_char"] == pytest.approx(np.mean([w[0] for w in want[kind]]), rel=1e-9)
+            assert v[kind]["p_word"] == pytest.approx(np.mean([w[1] for w in want[kind]]), rel=1e-9)
+        for m in ("p_char", "p_word", "bits_char"):
+            assert v["gap_matched"][m] == pytest.approx(0.0, abs=1e-9)

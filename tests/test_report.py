@@ -16,7 +16,9 @@ def _probe(rng, gap: float) -> dict:
     out = {}
     for name in ("plain", "heal_k1"):
         b, m = kind(0.6), kind(0.6 - (gap if name == "plain" else 0.0))
-        out[name] = {"boundary": b, "mid_token": m, "gap": {k: b[k] - m[k] for k in m}}
+        ref = kind(0.7) | {"greedy_char": float("nan"), "greedy_word": float("nan")}
+        out[name] = {"boundary": b, "mid_token": m, "mid_token_ref": ref, "gap": {k: b[k] - m[k] for k in m},
+                     "gap_matched": {k: ref[k] - m[k] for k in ("p_char", "p_word")}}
     return out | {"n_pairs": 10, "settings": {"n_prompts": 10}}
 
 

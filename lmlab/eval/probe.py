@@ -26,7 +26,15 @@ healed, the context loses its last k tokens, the target becomes removed bytes + 
 constrained steps renormalise over the allowed tokens, exactly as the healed sampler would.
 
 Aggregates per variant (``plain``, ``heal_k1``, ...): means over prompts for ``boundary``,
-``mid_token`` and their difference ``gap = boundary - mid_token``. ``bits_*`` are -log2 of the lower
+``mid_token`` and their difference ``gap = boundary - mid_token`` (the issue's comparison; it also
+mixes in *where* in a word each cut falls: a boundary target starts a word, a mid-token target ends
+one). Hence a third, exactly matched row, ``mid_token_ref``: the *same* targets as the mid-token
+prompt, scored from the paired boundary prompt as the model's own byte-level conditional
+P(lead + y | boundary prompt) / P(lead | boundary prompt), where ``lead`` is the partial token between
+the two cuts. A model whose byte-level beliefs did not depend on how the prompt was tokenized would
+give ``mid_token == mid_token_ref``; ``gap_matched = mid_token_ref - mid_token`` is the distortion the
+mid-token cut causes (greedy metrics have no reference). The ratio of two lower bounds is not itself
+a bound; its error is at most of the order of ``dropped`` / P(lead). ``bits_*`` are -log2 of the lower
 bound (floored at 1e-12), so they are upper bounds. Prompts depend only on the tokenizer's
 deterministic segmentation, the texts and ``probe.seed`` -- not on the run seed -- so every run of a
 sweep that shares a tokenizer model is probed on the same prompts.
@@ -198,6 +206,7 @@ class Prompt:
     ids: list[int]  # deterministic encoding of the prompt text, last context_tokens tokens
     char: bytes  # the true next character
     word: bytes  # the true rest of the word (at most max_target_bytes)
+    lead: bytes = b""  # mid-token prompts: the bytes from the paired boundary cut to this cut
     text_tail: str = ""  # the prompt's last characters, for examples
 
 
@@ -250,7 +259,7 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
             if len(ids) < L:
                 break
             char, word = _targets(raw[cut:].decode("utf-8"), cfg.max_target_bytes)
-            made.append(Prompt(kind, pair, ids[-L:], char, word, text[-40:]))
+            made.append(Prompt(kind, pair, ids[-L:], char, word, raw[s:cut], text[-40:]))
         if len(made) == 2:
             prompts.extend(made)
     return prompts
@@ -269,68 +278,90 @@ def _inner_char_cuts(raw: bytes, s: int, e: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 METRICS = ("p_char", "p_word", "bits_char", "bits_per_byte_word", "greedy_char", "greedy_word")
+KINDS = ("boundary", "mid_token", "mid_token_ref")
+
+
+def _row(p_char: float, p_word: float, word: bytes, dropped: float, healed: bool) -> dict:
+    return {"p_char": p_char, "p_word": p_word,
+            "bits_char": -math.log2(max(p_char, P_FLOOR)),
+            "bits_per_byte_word": -math.log2(max(p_word, P_FLOOR)) / len(word),
+            "dropped": dropped, "healed": healed}
 
 
 def probe_prompts(lm: LM, tokenizer, prompts: Sequence[Prompt], cfg: ProbeConfig) -> dict:
+    """Run every query of every (boundary, mid-token) pair and variant in one batched search."""
     index = VocabIndex.of(tokenizer)
     variants = {"plain": 0, **{f"heal_k{k}": k for k in cfg.heal_k}}
-    per: dict[str, list[dict]] = {}
-    queries: list[Query] = []
+    pairs = list(zip(prompts[0::2], prompts[1::2]))
+    plan = []  # (variant, pair index, kind, queries, removed bytes)
     for name, k in variants.items():
-        recs = per[name] = []
-        for pr in prompts:
-            st = Healer(index, k).start(pr.ids)
-            ids, r = tuple(st.ids), st.removed
-            kw = dict(constraint=r, k_mode=k > 1)
-            qs = [Query(ids, r + pr.char, **kw), Query(ids, r + pr.word, **kw),
-                  Query(ids, r + pr.word, greedy=True, **kw)]
-            queries.extend(qs)
-            recs.append({"prompt": pr, "queries": qs, "removed": r})
-    rows = run_queries(lm, index, queries, cfg.min_prob, cfg.max_batch)
+        for i, (pb, pm) in enumerate(pairs):
+            for pr in (pb, pm):
+                st = Healer(index, k).start(pr.ids)
+                ids, r, kw = tuple(st.ids), st.removed, dict(constraint=st.removed, k_mode=k > 1)
+                qs = [Query(ids, r + pr.char, **kw), Query(ids, r + pr.word, **kw),
+                      Query(ids, r + pr.word, greedy=True, **kw)]
+                plan.append((name, i, pr.kind, qs, r))
+                if pr.kind == "boundary":  # the reference: the mid prompt's targets, from this prompt
+                    lead = pm.lead
+                    ref = [Query(ids, r + lead + pm.char, **kw), Query(ids, r + lead + pm.word, **kw),
+                           Query(ids, r + lead, **kw)]
+                    plan.append((name, i, "mid_token_ref", ref, r))
+    rows = run_queries(lm, index, [q for *_, qs, _ in plan for q in qs], cfg.min_prob, cfg.max_batch)
     out: dict = {}
-    for name, recs in per.items():
-        rows_by_kind: dict[str, list[dict]] = defaultdict(list)
-        for rec in recs:
-            pr, (qc, qw, qg), r = rec["prompt"], rec["queries"], rec["removed"]
-            cont = qg.generated[len(r):] if qg.generated.startswith(r) else b"\x00"
-            rows_by_kind[pr.kind].append({
-                "p_char": qc.p, "p_word": qw.p,
-                "bits_char": -math.log2(max(qc.p, P_FLOOR)),
-                "bits_per_byte_word": -math.log2(max(qw.p, P_FLOOR)) / len(pr.word),
-                "greedy_char": float(cont.startswith(pr.char)),
-                "greedy_word": float(cont.startswith(pr.word)),
-                "dropped": max(qc.dropped, qw.dropped),
-                "healed": bool(r),
-                "greedy_text": cont.decode("utf-8", "replace"),
-            })
-        out[name] = _aggregate(rows_by_kind)
-        by_kind = {kind: [p for p in prompts if p.kind == kind] for kind in rows_by_kind}
-        out[name]["examples"] = [
-            {"kind": kind, "prompt_tail": pr.text_tail, "char": pr.char.decode("utf-8", "replace"),
-             "word": pr.word.decode("utf-8", "replace"),
-             **{m: rows_by_kind[kind][i][m] for m in ("p_char", "p_word", "greedy_text")}}
-            for i in range(min(cfg.n_examples, len(prompts) // 2))
-            for kind in ("boundary", "mid_token")
-            for pr in (by_kind[kind][i],)
-        ]
+    for name in variants:
+        by_kind: dict[str, list[dict]] = defaultdict(list)
+        for vname, i, kind, qs, r in plan:
+            if vname != name:
+                continue
+            pb, pm = pairs[i]
+            if kind == "mid_token_ref":
+                qc, qw, qd = qs
+                if qd.p <= 0:
+                    continue
+                row = _row(qc.p / qd.p, qw.p / qd.p, pm.word, max(q.dropped for q in qs), bool(r))
+                row.update(greedy_char=math.nan, greedy_word=math.nan, greedy_text="")
+            else:
+                pr = pb if kind == "boundary" else pm
+                qc, qw, qg = qs
+                cont = qg.generated[len(r):] if qg.generated.startswith(r) else b"\x00"
+                row = _row(qc.p, qw.p, pr.word, max(qc.dropped, qw.dropped), bool(r))
+                row.update(greedy_char=float(cont.startswith(pr.char)), greedy_word=float(cont.startswith(pr.word)),
+                           greedy_text=cont.decode("utf-8", "replace"))
+            by_kind[kind].append({**row, "pair": i})
+        out[name] = _aggregate(by_kind)
+        out[name]["examples"] = _examples(pairs, by_kind, cfg.n_examples)
     out["model_rows"] = rows
     return out
 
 
-def _aggregate(rows_by_kind: dict[str, list[dict]]) -> dict:
-    res: dict = {}
+def _examples(pairs, by_kind: dict[str, list[dict]], n: int) -> list[dict]:
+    ex = []
     for kind in ("boundary", "mid_token"):
-        rows = rows_by_kind.get(kind, [])
-        agg = {"n": len(rows)}
+        for row in by_kind[kind][:n]:
+            pr = pairs[row["pair"]][kind == "mid_token"]
+            ex.append({"pair": row["pair"], "kind": kind, "prompt_tail": pr.text_tail,
+                       "char": pr.char.decode("utf-8", "replace"), "word": pr.word.decode("utf-8", "replace"),
+                       **{m: row[m] for m in ("p_char", "p_word", "greedy_text")}})
+    return sorted(ex, key=lambda e: (e["pair"], e["kind"]))
+
+
+def _aggregate(by_kind: dict[str, list[dict]]) -> dict:
+    res: dict = {}
+    for kind in KINDS:
+        rows = by_kind.get(kind, [])
+        agg: dict = {"n": len(rows)}
         for m in METRICS:
             v = np.array([r[m] for r in rows], dtype=float)
-            agg[m] = float(v.mean()) if len(v) else float("nan")
-            agg[m + "_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+            v = v[~np.isnan(v)]
+            agg[m] = float(v.mean()) if len(v) else math.nan
+            agg[m + "_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
         agg["dropped_max"] = max((r["dropped"] for r in rows), default=0.0)
         agg["dropped_mean"] = float(np.mean([r["dropped"] for r in rows])) if rows else 0.0
         agg["healed_frac"] = float(np.mean([r["healed"] for r in rows])) if rows else 0.0
         res[kind] = agg
     res["gap"] = {m: res["boundary"][m] - res["mid_token"][m] for m in METRICS}
+    res["gap_matched"] = {m: res["mid_token_ref"][m] - res["mid_token"][m] for m in METRICS[:4]}
     return res
 
 
@@ -365,7 +396,7 @@ def flatten(result: dict, prefix: str = "probe") -> dict:
     flat = {}
     for name, v in result.items():
         if isinstance(v, dict) and "gap" in v:
-            for kind in ("boundary", "mid_token", "gap"):
-                for m in METRICS:
+            for kind in (*KINDS, "gap", "gap_matched"):
+                for m in v[kind] if kind.startswith("gap") else METRICS:
                     flat[f"{prefix}/{name}/{kind}/{m}"] = v[kind][m]
     return flat
