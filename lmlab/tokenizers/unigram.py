@@ -32,7 +32,7 @@ At alpha=0.1 (SentencePiece's default) a sampled document has ~1.6x the tokens o
 segmentation, so a seq_len window holds ~37% fewer bytes and every step sees less text: the
 deterministic-vs-sampled comparison would mostly measure that. At alpha=0.2 (~1.3x) every
 segmentation keeps a non-zero probability and the ranking by score is kept (SPEC §3's "perfect"),
-with a third as much inflation. Set ``tokenizer.alpha=0.1`` to match ``tokenizer=sentencepiece
+with about half the extra tokens. Set ``tokenizer.alpha=0.1`` to match ``tokenizer=sentencepiece
 sample=true`` at its default.
 
 Bad input: "" gives []; a lone surrogate (e.g. from ``surrogateescape``) becomes U+FFFD (SentencePiece
