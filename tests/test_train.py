@@ -134,3 +134,15 @@ def test_multirun_makes_one_dir_per_job_and_survives_a_failing_job(tiny_override
     failed = [j for j in jobs if (tmp_path / "sw" / j / "error.txt").exists()]
     assert len(ok) == 2 and len(failed) == 1
     assert "model.n_head=5" in (tmp_path / "sw" / failed[0] / "error.txt").read_text()
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_finishes_even_when_training_raises(compose, tiny_overrides, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = compose(tiny_overrides + ["run_name=wb", "logger=wandb", "trainer.max_steps=4"])
+    with pytest.raises(FloatingPointError):
+        train(run, log=lambda *_: None, callbacks=[PoisonAt(3)])
+    assert wandb.run is None  # wandb.finish() ran in the finally
+    assert list((Path(run.out_dir) / "wb" / "wandb").glob("offline-run-*"))
