@@ -146,15 +146,17 @@ def build_double_array(keys: Sequence[bytes], values: Sequence[int]):
 
 @dataclass
 class LatticeModel:
-    """Everything a segmentation pass needs. ``scores`` and ``unk_score`` are float32 (SentencePiece's
-    precision); ``byte_ids[c]`` is the id of the byte piece for byte c (-1 if absent)."""
+    """Everything a segmentation pass needs. ``byte_ids[c]`` is the id of the byte piece for byte c
+    (-1 if absent). With ``exact32`` (SentencePiece) scores are float32 values and Viterbi sums in
+    float32; without it (BytePiece) everything is float64."""
 
     pieces: dict[bytes, int]  # piece bytes -> id (the pieces that enter the lattice)
-    scores: np.ndarray  # float32, indexed by id
+    scores: np.ndarray  # float64, indexed by id
     byte_ids: np.ndarray  # int32, 256
-    unk_score: np.float32
+    unk_score: float
     char_starts: bool
     fallback: bool  # add the fallback edge (False: toy vocabularies; a text may then have no path)
+    exact32: bool  # Viterbi in float32 (SentencePiece's arithmetic) rather than float64
     base: np.ndarray
     check: np.ndarray
     value: np.ndarray
@@ -169,8 +171,12 @@ class LatticeModel:
         unk_score: float = -1e4,
         char_starts: bool = True,
         fallback: bool = True,
+        exact32: bool = True,
     ) -> LatticeModel:
-        scores = np.asarray(list(scores), dtype=np.float32)
+        scores = np.asarray(list(scores), dtype=np.float64)
+        if exact32:
+            scores = scores.astype(np.float32).astype(np.float64)
+            unk_score = float(np.float32(unk_score))
         if byte_ids is None:
             byte_ids = [-1] * 256
         byte_ids = np.asarray(byte_ids, dtype=np.int32)
@@ -186,9 +192,10 @@ class LatticeModel:
             pieces=dict(pieces),
             scores=scores,
             byte_ids=byte_ids,
-            unk_score=np.float32(unk_score),
+            unk_score=float(unk_score),
             char_starts=bool(char_starts),
             fallback=bool(fallback),
+            exact32=bool(exact32),
             base=base,
             check=check,
             value=value,
@@ -274,7 +281,10 @@ def segment_ref(model: LatticeModel, text: bytes, mode: str = "viterbi", alpha: 
     rng = SplitMix64(seed)
     for a, b, sc, pid in edges(model, text):
         if code == 0:
-            cand = float(np.float32(np.float32(acc[a]) + np.float32(sc)))  # float32, as SentencePiece
+            if model.exact32:  # float32 sums, as SentencePiece
+                cand = float(np.float32(np.float32(acc[a]) + np.float32(sc)))
+            else:
+                cand = acc[a] + float(sc)
             if back[b] < 0 or cand > acc[b]:
                 acc[b] = cand
                 back[b], bid[b] = a, pid

@@ -38,10 +38,13 @@ def _splitmix(state):
 
 
 @njit(cache=True, inline="always")
-def _relax(mode, alpha, a, b, sc, pid, acc, back, bid, state):
-    """Offer edge (a, b) with float32 score ``sc`` to end b; returns the generator state."""
-    if mode == 0:  # viterbi, in float32 like SentencePiece (see lattice.py)
-        cand = np.float64(np.float32(acc[a]) + sc)
+def _relax(mode, exact32, alpha, a, b, sc, pid, acc, back, bid, state):
+    """Offer edge (a, b) with score ``sc`` to end b; returns the generator state."""
+    if mode == 0:  # viterbi; in float32 like SentencePiece when exact32 (see lattice.py)
+        if exact32:
+            cand = np.float64(np.float32(acc[a]) + np.float32(sc))
+        else:
+            cand = acc[a] + sc
         if back[b] < 0 or cand > acc[b]:
             acc[b] = cand
             back[b] = a
@@ -82,7 +85,7 @@ def _relax(mode, alpha, a, b, sc, pid, acc, back, bid, state):
 
 
 @njit(cache=True)
-def _segment(text, base, check, value, scores, byte_ids, unk_score, char_starts, fallback,
+def _segment(text, base, check, value, scores, byte_ids, unk_score, char_starts, fallback, exact32,
              one_char_len, mode, alpha, seed):
     n = text.shape[0]
     acc = np.zeros(n + 1, dtype=np.float64)  # viterbi: best; sample: logZ; sample_v1: held score
@@ -111,9 +114,9 @@ def _segment(text, base, check, value, scores, byte_ids, unk_score, char_starts,
             if pid >= 0:
                 if k - a == m:
                     single = True
-                state = _relax(mode, alpha, a, k, scores[pid], pid, acc, back, bid, state)
+                state = _relax(mode, exact32, alpha, a, k, scores[pid], pid, acc, back, bid, state)
         if not single and fallback:  # the character has no piece: fallback edge (emits its bytes)
-            state = _relax(mode, alpha, a, a + m, unk_score, -1, acc, back, bid, state)
+            state = _relax(mode, exact32, alpha, a, a + m, unk_score, -1, acc, back, bid, state)
         a += m
     if n > 0 and back[n] < 0:
         return np.empty(0, dtype=np.int32)  # no path; the caller raises
@@ -145,7 +148,7 @@ def segment(model: LatticeModel, text: bytes, mode: str = "viterbi", alpha: floa
     """Segment UTF-8 ``text`` (bytes); returns int32 ids. Same contract as ``lattice.segment_ref``."""
     buf = np.frombuffer(text, dtype=np.uint8)
     ids = _segment(buf, model.base, model.check, model.value, model.scores, model.byte_ids,
-                   np.float32(model.unk_score), model.char_starts, model.fallback, ONE_CHAR_LEN,
+                   float(model.unk_score), model.char_starts, model.fallback, model.exact32, ONE_CHAR_LEN,
                    MODE_CODE[mode], float(alpha), np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
     if len(text) and not len(ids):
         raise ValueError(no_path_message(model, text))

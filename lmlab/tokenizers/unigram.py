@@ -86,8 +86,12 @@ class UnigramConfig(SentencePieceConfig):
 
 
 def _fix_surrogates(text: str) -> str:
-    """Lone surrogates -> U+FFFD (surrogate pairs are joined)."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    """Lone surrogates -> U+FFFD (surrogate pairs are joined); other text is returned as is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def load_lattice_model(proto: bytes, where: str = "model",
