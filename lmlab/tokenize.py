@@ -1,7 +1,7 @@
 """Look at segmentations: ``python -m lmlab.tokenize train|encode|samples|stats``.
 
 The tokenizer comes from ``--model PATH`` (a SentencePiece *unigram* .model, segmented by lmlab's
-``tokenizer=unigram``) or, without it, from the run config composed from conf/ with Hydra overrides,
+``tokenizer=unigram``, or a BytePiece ``.json`` model, ``tokenizer=bytepiece``) or, without it, from the run config composed from conf/ with Hydra overrides,
 exactly as training builds it (trained on the configured corpus, or loaded from the cache)::
 
     python -m lmlab.tokenize train tokenizer=unigram data=pystdlib tokenizer.vocab_size=1000
@@ -10,8 +10,8 @@ exactly as training builds it (trained on the configured corpus, or loaded from 
     python -m lmlab.tokenize samples "subword regularization" -n 8 --model sp.model --alpha 0.1
     python -m lmlab.tokenize stats corpus.txt --model sp.model --mode sample
 
-``--mode/--alpha`` apply to ``tokenizer=unigram`` (and ``--model``); any other configured tokenizer
-encodes as configured. ``encode`` draws every line's segmentation from one generator seeded with
+``--mode/--alpha`` apply to ``tokenizer=unigram|bytepiece`` (and ``--model``); any other configured
+tokenizer encodes as configured. ``encode`` draws every line's segmentation from one generator seeded with
 ``--seed``, so the output is reproducible. Input that is not valid UTF-8 is decoded with U+FFFD.
 """
 
@@ -32,6 +32,10 @@ def load_tokenizer(model: str | None, overrides: list[str]):
     if model:
         if overrides:
             raise SystemExit(f"give either --model or config overrides, not both ({' '.join(overrides)})")
+        if model.endswith(".json"):  # a BytePiece model
+            from lmlab.tokenizers.bytepiece import BytePieceTokenizer
+
+            return BytePieceTokenizer(model)
         from lmlab.tokenizers.unigram import UnigramConfig, UnigramTokenizer
 
         return UnigramTokenizer(model, UnigramConfig())
@@ -54,7 +58,9 @@ def with_mode(tok, mode: str | None, alpha: float | None):
 
 
 def piece_str(tok, i: int) -> str:
-    if hasattr(tok, "sp"):  # SentencePiece's spelling: ▁ for a space, <0x0A> for a byte
+    if hasattr(tok, "id_to_piece"):  # SentencePiece spells ▁ for a space, <0x0A> for a byte
+        return tok.id_to_piece(int(i))
+    if hasattr(tok, "sp"):
         return tok.sp.id_to_piece(int(i))
     return tok.piece_bytes(i).decode("utf-8", "backslashreplace")
 

@@ -35,7 +35,7 @@ import numpy as np
 from lmlab.registry import TOKENIZER
 from lmlab.tokenizers.base import Tokenizer, TokenizerConfig
 from lmlab.tokenizers.lattice import MODES, LatticeModel
-from lmlab.tokenizers.unigram import _fix_surrogates
+from lmlab.tokenizers.unigram import _fix_surrogates, with_mode
 
 _CHUNK = re.compile(r".*\n+|.+")
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -144,6 +144,9 @@ class BytePieceTokenizer(Tokenizer):
             mode = self.cfg.mode if sample else "viterbi"
             out.extend(segment(self.model, chunk, mode, self.cfg.alpha, seed).tolist())
         return out
+
+    def with_mode(self, mode: Optional[str] = None, alpha: Optional[float] = None) -> BytePieceTokenizer:
+        return with_mode(self, mode, alpha)
 
     def piece_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]

@@ -94,6 +94,21 @@ def _fix_surrogates(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def with_mode(tok, mode: Optional[str] = None, alpha: Optional[float] = None):
+    """A copy of a lattice tokenizer (``cfg.mode``, ``cfg.alpha``) that segments with another mode
+    and/or alpha; it shares the model (no reload)."""
+    cfg = dataclasses.replace(tok.cfg, mode=mode or tok.cfg.mode,
+                              alpha=tok.cfg.alpha if alpha is None else float(alpha))
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.alpha < 0:
+        raise ValueError(f"alpha={cfg.alpha} must be >= 0")
+    new = object.__new__(type(tok))
+    new.__dict__.update(tok.__dict__)
+    new.cfg, new.sampling = cfg, cfg.mode != "viterbi"
+    return new
+
+
 def load_lattice_model(proto: bytes, where: str = "model",
                        build: bool = True) -> tuple[Optional[LatticeModel], dict]:
     """Read pieces, scores and normalization settings from a SentencePiece unigram model proto;
@@ -224,17 +239,7 @@ class UnigramTokenizer(Tokenizer):
         return segment(self.model, self.normalize(text), mode, alpha, seed).tolist()
 
     def with_mode(self, mode: Optional[str] = None, alpha: Optional[float] = None) -> UnigramTokenizer:
-        """A copy that segments with another mode and/or alpha (shares the model; no reload)."""
-        cfg = dataclasses.replace(self.cfg, mode=mode or self.cfg.mode,
-                                  alpha=self.cfg.alpha if alpha is None else float(alpha))
-        if cfg.mode not in MODES:
-            raise ValueError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
-        if cfg.alpha < 0:
-            raise ValueError(f"alpha={cfg.alpha} must be >= 0")
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.cfg, new.sampling = cfg, cfg.mode != "viterbi"
-        return new
+        return with_mode(self, mode, alpha)
 
     def piece_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]
