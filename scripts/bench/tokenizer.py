@@ -1,7 +1,7 @@
 """Tokenizer throughput and token inflation, lmlab's unigram segmenter vs SentencePiece.
 
-    python scripts/bench/tokenizer.py                      # data=pystdlib, vocab 2048 (conf defaults)
-    python scripts/bench/tokenizer.py data=shakespeare --mb 2 --alpha 0.1
+    python scripts/bench/tokenizer.py                      # conf defaults: data=shakespeare, vocab 2048
+    python scripts/bench/tokenizer.py data=pystdlib --mb 2 --alpha 0.1
 
 One process, one thread, one model (the configured SentencePiece unigram model, trained or loaded
 from the cache exactly as training does), one text (the held-out split, whole documents as the data
@@ -41,7 +41,7 @@ def best_time(fn, docs, repeat: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides (default: data=pystdlib)")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (default: the conf defaults)")
     ap.add_argument("--mb", type=float, default=2.0, help="MB of held-out text to segment")
     ap.add_argument("--alpha", type=float, default=0.1, help="alpha of the speed comparison")
     ap.add_argument("--repeat", type=int, default=3)
@@ -55,7 +55,7 @@ def main() -> None:
     from lmlab.config import compose
     from lmlab.data.corpus import build_tokenizer, load_corpus
 
-    overrides = ["tokenizer=unigram"] + (args.overrides or ["data=pystdlib"])
+    overrides = ["tokenizer=unigram", *args.overrides]
     run = compose(overrides)
     corpus = load_corpus(run)
     t = time.perf_counter()
