@@ -15,8 +15,9 @@ A tokenizer must pickle (DataLoader workers receive a copy).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Tokenizer:
     sampling: bool = False  # True when encode(text, rng) draws a random segmentation
 
     @classmethod
-    def build(cls, cfg, train_texts: Callable[[], Iterable[str]], cache_dir: str) -> "Tokenizer":
+    def build(cls, cfg, train_texts: Callable[[], Iterable[str]], cache_dir: str) -> Tokenizer:
         """Train (or load from cache) a tokenizer on ``train_texts()`` (re-iterable)."""
         raise NotImplementedError
 

@@ -21,9 +21,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 
