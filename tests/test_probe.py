@@ -210,6 +210,24 @@ def test_prompts_are_matched_boundary_and_mid_token_cuts():
         assert m.lead == doc[cut_b:cut_m] and b.lead == b""
 
 
+def test_prompts_with_byte_pieces_splitting_characters():
+    """A character with no piece is spelled by its UTF-8 bytes, so token boundaries fall inside it:
+    cuts stay on character boundaries, so every prompt ends with a whole character (its start, cut to
+    exactly context_tokens tokens, may begin inside one)."""
+    tok = toy_tokenizer()
+    tok.table = [b for b in tok.table if b not in ("场".encode(), " 机场".encode())]
+    tok.table += [bytes([x]) for x in "场".encode()]
+    cfg = ProbeConfig(n_prompts=30, context_tokens=12, max_target_bytes=6, seed=0)
+    prompts = make_prompts(tok, [toy_text(2)], cfg)
+    assert len(prompts) == 60
+    for pr in prompts:
+        b = tok.decode_bytes(pr.ids)
+        i = next(i for i in range(len(b)) if (b[i] & 0xC0) != 0x80)
+        b[i:].decode("utf-8")  # strict: raises if the cut split a character
+        pr.char.decode("utf-8")
+        assert len(pr.char.decode()) == 1
+
+
 def test_run_probe_end_to_end_on_a_tiny_transformer():
     from lmlab.config import ModelConfig, load_variants
     from lmlab.model.transformer import Transformer

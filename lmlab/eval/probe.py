@@ -250,6 +250,8 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
         di, j = cands[c]
         _, raw, starts = docs[di]
         left, s, e = starts[j - L - margin], starts[j], starts[j + 1]
+        while _is_cont(raw, left):  # a byte piece may have split a character: start after it
+            left += 1
         inner = _inner_char_cuts(raw, s, e)
         m = inner[int(rng.integers(len(inner)))]
         made = []
