@@ -29,22 +29,30 @@ def main(cfg: DictConfig):
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    try:
-        run = build_config(cfg)
-        run.run_dir = hc.runtime.output_dir
-        from lmlab.train.run import train
 
-        summary = train(run)
-        return summary["val_bpb"]
-    except (ConfigError, UnknownVariantError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-        msg = f"error in run {hc.runtime.output_dir}:\n{e}"
-        if multirun:  # one failing job must not stop the sweep
-            print(msg, file=sys.stderr)
-            with open(os.path.join(hc.runtime.output_dir, "error.txt"), "w") as f:
-                f.write(str(e) + "\n")
-            return None
-        print(msg, file=sys.stderr)
-        sys.exit(2)
+    def fail(e: Exception):
+        print(f"error in run {hc.runtime.output_dir}:\n{e}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        with open(os.path.join(hc.runtime.output_dir, "error.txt"), "w") as f:
+            f.write(str(e) + "\n")  # one failing job must not stop the sweep
+
+    try:  # validated before importing Lightning or touching data
+        run = build_config(cfg)
+    except (ConfigError, UnknownVariantError) as e:
+        return fail(e)
+    run.run_dir = hc.runtime.output_dir
+
+    from lmlab.train.checkpointing import StoppedBySignal
+    from lmlab.train.run import train
+
+    try:
+        return train(run)["val_bpb"]
+    except StoppedBySignal as e:  # stop the whole sweep too; rerunning resumes
+        print(str(e), file=sys.stderr)
+        sys.exit(143)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        return fail(e)
 
 
 if __name__ == "__main__":

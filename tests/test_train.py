@@ -146,3 +146,29 @@ def test_wandb_offline_run_finishes_even_when_training_raises(compose, tiny_over
         train(run, log=lambda *_: None, callbacks=[PoisonAt(3)])
     assert wandb.run is None  # wandb.finish() ran in the finally
     assert list((Path(run.out_dir) / "wb" / "wandb").glob("offline-run-*"))
+
+
+class SigtermAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(compose, tiny_overrides):
+    from lmlab.train.checkpointing import StoppedBySignal
+
+    run = compose(tiny_overrides + ["run_name=term", "trainer.max_steps=8", "trainer.val_every=100"])
+    with pytest.raises(StoppedBySignal, match="stopped by SIGTERM at step 4"):
+        train(run, log=lambda *_: None, callbacks=[SigtermAt(3)])
+    d = Path(run.out_dir) / "term"
+    assert torch.load(d / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
+    assert not (d / "summary.json").exists()  # an unfinished run gets no summary
+    s = train(compose(tiny_overrides + ["run_name=term", "trainer.max_steps=8", "trainer.val_every=100"]),
+              log=lambda *_: None)
+    assert s["step"] == 8 and s["tokens_seen"] == 8 * 4 * 32

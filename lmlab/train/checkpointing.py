@@ -58,6 +58,10 @@ def resolve_resume(resume: str | bool, ckpt_dir: Path) -> str | None:
     return resume
 
 
+class StoppedBySignal(Exception):
+    """Training stopped at a step boundary on SIGTERM, after writing a checkpoint."""
+
+
 class GracefulStop(L.Callback):
     def __init__(self, ckpt_dir: Path):
         self.ckpt_dir = ckpt_dir

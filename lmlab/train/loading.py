@@ -12,9 +12,14 @@ from lmlab.model.transformer import build_model
 
 
 def load_checkpoint(path: str, map_location: str = "cpu"):
-    """-> (model in eval mode, tokenizer, RunConfig)."""
+    """-> (model in eval mode, tokenizer, RunConfig); tokenizer is None for an image-text run."""
     load_variants()
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if (ckpt.get("lmlab") or {}).get("task") == "image_text":  # the digits lab: no tokenizer
+        from lmlab.multimodal.task import load_image_text
+
+        model, run = load_image_text(path)
+        return model, None, run
     state = ckpt.get("lmlab")
     if state is None or "config" not in state:
         raise ValueError(f"{path} is not an lmlab checkpoint (no embedded config)")

@@ -41,7 +41,7 @@ def train(run, log=print, callbacks=()) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lmlab.train.checkpointing import AtomicCheckpointIO, GracefulStop, resolve_resume
+    from lmlab.train.checkpointing import AtomicCheckpointIO, GracefulStop, StoppedBySignal, resolve_resume
     from lmlab.train.logging import RunCSVLogger, wandb_logger
     from lmlab.train.task import get_task
 
@@ -83,6 +83,7 @@ def train(run, log=print, callbacks=()) -> dict:
         every_n_train_steps=run.trainer.val_every, save_top_k=run.trainer.keep_last,
         monitor="step", mode="max", save_last=True,
     )
+    stopper = GracefulStop(ckpt_dir)
     progress = run.trainer.progress_bar if run.trainer.progress_bar is not None else sys.stdout.isatty()
     trainer = L.Trainer(
         accelerator=run.trainer.accelerator, devices=run.trainer.devices, num_nodes=run.trainer.num_nodes,
@@ -90,13 +91,15 @@ def train(run, log=print, callbacks=()) -> dict:
         max_steps=run.trainer.max_steps, val_check_interval=run.trainer.val_every,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=1.0,
         log_every_n_steps=run.trainer.log_every, logger=loggers,
-        callbacks=[ckpt_cb, GracefulStop(ckpt_dir), *callbacks], plugins=[AtomicCheckpointIO()],
+        callbacks=[ckpt_cb, stopper, *callbacks], plugins=[AtomicCheckpointIO()],
         deterministic=run.trainer.deterministic,
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
     )
     try:
         # our own checkpoints hold RNG states and the pickled tokenizer, not only tensors
         trainer.fit(module, datamodule=task.datamodule, ckpt_path=ckpt_path, weights_only=False)
+        if stopper.requested:  # no summary for an unfinished run; the same command resumes it
+            raise StoppedBySignal(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint in {ckpt_dir}")
         trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))
         if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=task.datamodule, verbose=False)
