@@ -34,7 +34,7 @@ import torch
 from lmlab.config import to_dict
 from lmlab.multimodal import digits, metrics
 from lmlab.multimodal.model import ImageTextModel
-from lmlab.train.module import lr_lambda
+from lmlab.train.module import adamw_with_schedule
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -126,15 +126,7 @@ class ImageTextModule(L.LightningModule):
         return total
 
     def configure_optimizers(self):
-        o = self.run.optim
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas),
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, self.run.trainer.max_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_schedule(self.parameters(), self.run)
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self):

@@ -39,6 +39,19 @@ def lr_lambda(optim_cfg, max_steps: int):
     return f
 
 
+def adamw_with_schedule(parameters, run) -> dict:
+    """AdamW (no weight decay on gains and biases) with warmup + cosine, stepped per step."""
+    o = run.optim
+    params = [p for p in parameters if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        lr=o.lr, betas=tuple(o.betas),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, run.trainer.max_steps))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class LMModule(L.LightningModule):
     def __init__(self, run, tokenizer, bytes_len: torch.Tensor):
         super().__init__()
@@ -118,15 +131,7 @@ class LMModule(L.LightningModule):
             self.log("train/grad_norm", norm, on_step=True)
 
     def configure_optimizers(self):
-        o = self.run.optim
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas),
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, self.run.trainer.max_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_schedule(self.parameters(), self.run)
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self):
