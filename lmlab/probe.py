@@ -63,11 +63,40 @@ def resolve_ckpt(path: str) -> tuple[Path, Path]:
     return p, out_dir
 
 
-def probe_checkpoint(ckpt: Path, cfg: ProbeConfig, out: Path, log=print) -> dict:
-    from lmlab.data.corpus import load_corpus
+def load(ckpt: Path, log=print):
+    """``load_checkpoint``, falling back to rebuilding the tokenizer from the run's config and the
+    tokenizer cache when the pickled tokenizer no longer loads (one pickled by an older lmlab)."""
     from lmlab.train.loading import load_checkpoint
 
-    model, tokenizer, run = load_checkpoint(str(ckpt))
+    try:
+        return load_checkpoint(str(ckpt))
+    except (AttributeError, ImportError, TypeError) as e:
+        log(f"the checkpoint's pickled tokenizer does not load ({type(e).__name__}: {e}); "
+            "rebuilding it from the run config and the tokenizer cache")
+    import torch
+
+    from lmlab.config import ConfigError, RunConfig, from_dict, load_variants
+    from lmlab.data.corpus import build_tokenizer
+    from lmlab.model.transformer import build_model
+
+    load_variants()
+    state = torch.load(str(ckpt), map_location="cpu", weights_only=False)
+    problems: list[str] = []
+    run = from_dict(RunConfig, state["lmlab"]["config"], "", problems)
+    if problems:
+        raise ConfigError(problems)
+    tokenizer = build_tokenizer(run)
+    model = build_model(run, tokenizer.vocab_size)
+    weights = {k[len("model."):].replace("_orig_mod.", ""): v for k, v in state["state_dict"].items()
+               if k.startswith("model.")}
+    model.load_state_dict(weights)  # raises on a vocabulary mismatch
+    return model.eval(), tokenizer, run
+
+
+def probe_checkpoint(ckpt: Path, cfg: ProbeConfig, out: Path, log=print) -> dict:
+    from lmlab.data.corpus import load_corpus
+
+    model, tokenizer, run = load(ckpt, log)
     problems = cfg.check(run)
     if problems:
         raise SystemExit("invalid probe config for this model:\n  - " + "\n  - ".join(problems))

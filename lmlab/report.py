@@ -1,4 +1,4 @@
-"""Sweep report: ``python -m lmlab.report SWEEP_DIR [out=DIR]`` -> Markdown + PNG plots.
+"""Sweep report: ``python -m lmlab.report SWEEP_DIR [SWEEP_DIR ...] [out=DIR]`` -> Markdown + PNG plots.
 
 Reads every run directory under SWEEP_DIR (any directory holding a ``config.yaml``; layout in
 ``lmlab.train.run``): ``config.yaml``, ``summary.json``, ``metrics.csv``, ``probe.json`` (optional),
@@ -116,7 +116,9 @@ def assign_variants(runs: list[Run], axes: list[str]) -> list[str]:
     vaxes = [a for a in axes if a != "seed"]
     short = _short_names(vaxes)
     for r in runs:
-        r.variant = " ".join(f"{short[a]}={_fmt(r.config.get(a, '—'))}" for a in vaxes) or "all"
+        vals = {a: r.config.get(a, "—") for a in vaxes}  # absent keys and false flags say nothing
+        r.variant = " ".join(f"{short[a]}={_fmt(v)}" for a, v in vals.items()
+                             if v not in ("—", None, False)) or "all"
     return list(dict.fromkeys(r.variant for r in runs))
 
 
@@ -159,27 +161,38 @@ def probe_variants(runs: list[Run]) -> list[str]:
 
 
 def plot_curves(groups: dict[str, list[Run]], path: Path) -> None:
+    """val bits/byte against steps, and against training bytes seen (steps x tokens/step x the run's
+    training bytes/token from summary.json), since sampled segmentation packs fewer bytes per step."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for variant, rs in groups.items():
         by_step = defaultdict(list)
         for r in rs:
-            for s, v in r.curve:
-                by_step[s].append(v)
+            for st, v in r.curve:
+                by_step[st].append(v)
         if not by_step:
             continue
         steps = sorted(by_step)
-        mean = [np.mean(by_step[s]) for s in steps]
-        (line,) = ax.plot(steps, mean, marker=".", label=f"{variant} (n={len(rs)})")
+        mean = [np.mean(by_step[st]) for st in steps]
+        (line,) = axes[0].plot(steps, mean, marker=".", label=f"{variant} (n={len(rs)})")
         if len(rs) > 1:
-            ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
-                            color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("val bits/byte (mean over seeds; band = min..max)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+            axes[0].fill_between(steps, [min(by_step[st]) for st in steps], [max(by_step[st]) for st in steps],
+                                 color=line.get_color(), alpha=0.15)
+        for r in rs:
+            s = r.summary
+            if s.get("step") and s.get("tokens_seen") and s.get("train_bytes_per_token"):
+                per_step = s["tokens_seen"] / s["step"] * s["train_bytes_per_token"] / 1e6
+                axes[1].plot([st * per_step for st, _ in r.curve], [v for _, v in r.curve], marker=".",
+                             color=line.get_color(), alpha=0.8)
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("training text seen (MB, at the run's training bytes/token)")
+    axes[0].set_ylabel("validation bits per byte (deterministic segmentation)")
+    axes[0].set_title("by step (mean over seeds; band = min..max)")
+    axes[1].set_title("by training bytes (one line per run)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -247,15 +260,24 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+def build_report(sweep_dirs, out: str | Path | None = None) -> Path:
+    """One report over one sweep directory, or over several (then ``out`` is required and run
+    names are prefixed with their sweep directory's name)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    sweep_dir = Path(sweep_dir)
-    out = Path(out) if out else sweep_dir / "report"
-    runs = load_runs(sweep_dir)
+    dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
+    if len(dirs) > 1 and out is None:
+        raise SystemExit("several sweep directories need out=DIR")
+    out = Path(out) if out else dirs[0] / "report"
+    runs = []
+    for d in dirs:
+        for r in load_runs(d):
+            r.name = f"{d.name}/{r.name}" if len(dirs) > 1 else r.name
+            runs.append(r)
+    sweep_dir = dirs[0] if len(dirs) == 1 else Path(" + ".join(d.name for d in dirs))
     if not runs:
-        raise SystemExit(f"no run directories (config.yaml) under {sweep_dir}")
+        raise SystemExit(f"no run directories (config.yaml) under {', '.join(map(str, dirs))}")
     out.mkdir(parents=True, exist_ok=True)
     axes = find_axes(runs)
     variants = assign_variants(runs, axes)
@@ -337,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     pos = [a for a in argv if "=" not in a]
     kw = dict(a.split("=", 1) for a in argv if "=" in a)
-    if len(pos) != 1 or set(kw) - {"out"}:
+    if not pos or set(kw) - {"out"}:
         raise SystemExit(__doc__)
-    path = build_report(pos[0], kw.get("out"))
+    path = build_report(pos, kw.get("out"))
     print(f"wrote {path} and its plots")
     return 0
 

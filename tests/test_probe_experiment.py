@@ -11,7 +11,7 @@ from lmlab.config import CONF_DIR
 
 EXPECT = {  # variant -> (tokenizer.name, sampling mode or sample flag)
     "viterbi": ("unigram", "viterbi"), "sample_v1": ("unigram", "sample_v1"), "sample": ("unigram", "sample"),
-    "sample_a01": ("unigram", "sample"), "sample_a03": ("unigram", "sample"), "sample_a10": ("unigram", "sample"),
+    "sample_a01": ("unigram", "sample"), "sample_a02": ("unigram", "sample"), "sample_a03": ("unigram", "sample"),
     "sp_sample": ("sentencepiece", True),
 }
 
@@ -37,4 +37,4 @@ def test_every_swept_variant_validates(compose, exp):
         alphas[over["experiment.variant"]] = tok.alpha
     assert len(shared) == 1
     if "sample_a03" in alphas:
-        assert (alphas["sample_a01"], alphas["sample_a03"], alphas["sample_a10"]) == (0.1, 0.3, 1.0)
+        assert (alphas["sample_a01"], alphas["sample_a02"], alphas["sample_a03"]) == (0.1, 0.2, 0.3)

@@ -71,3 +71,14 @@ def test_report_contains_every_run_and_axes(tmp_path):
         vals = [bpb[(mode, s)] for s in (1, 2)]
         assert f"mode={mode} | 2 | {np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}" in md
     assert "### heal_k1" in md and "### plain" in md
+
+
+def test_report_over_several_sweeps(tmp_path):
+    a, b = tmp_path / "sweep_a", tmp_path / "sweep_b"
+    make_sweep(a, modes=("viterbi",), seeds=(1,))
+    make_sweep(b, modes=("sample",), seeds=(1, 2))
+    md = build_report([a, b], out=tmp_path / "combined").read_text()
+    for d in (a, b):
+        for r in load_runs(d):
+            assert f"{d.name}/{r.name}" in md
+    assert "mode=viterbi | 1 |" in md and "mode=sample | 2 |" in md
