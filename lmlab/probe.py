@@ -46,7 +46,7 @@ def parse(argv: list[str]) -> tuple[dict, ProbeConfig]:
     if "k" in cli or "heal" in cli:
         heal = bool(cli.get("heal", True))
         cfg.heal_k = [int(cli.get("k", 1))] if heal else []
-    problems = cfg.check(None)
+    problems = dataclasses.replace(cfg, enabled=True).check(None)
     if problems:
         raise SystemExit("invalid probe config:\n  - " + "\n  - ".join(problems))
     return cli, cfg
@@ -97,7 +97,7 @@ def probe_checkpoint(ckpt: Path, cfg: ProbeConfig, out: Path, log=print) -> dict
     from lmlab.data.corpus import load_corpus
 
     model, tokenizer, run = load(ckpt, log)
-    problems = cfg.check(run)
+    problems = dataclasses.replace(cfg, enabled=True).check(run)
     if problems:
         raise SystemExit("invalid probe config for this model:\n  - " + "\n  - ".join(problems))
     val = load_corpus(run).val["text"]

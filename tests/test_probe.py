@@ -310,3 +310,21 @@ def test_mid_token_equals_reference_for_a_tokenization_consistent_lm():
             assert v[kind]["p_word"] == pytest.approx(np.mean([w[1] for w in want[kind]]), rel=1e-9)
         for m in ("p_char", "p_word", "bits_char"):
             assert v["gap_matched"][m] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_probe_config_checks_and_cli_parsing():
+    from types import SimpleNamespace
+
+    from lmlab.probe import parse
+
+    run = SimpleNamespace(model=SimpleNamespace(seq_len=64))
+    assert ProbeConfig(context_tokens=60).check(run) == []  # disabled: nothing to object to
+    problems = ProbeConfig(enabled=True, context_tokens=60, heal_k=[0]).check(run)
+    assert any("probe.context_tokens=60" in p and "model.seq_len=64" in p for p in problems)
+    assert any("probe.heal_k" in p for p in problems)
+    cli, cfg = parse(["ckpt=x", "heal=false", "n_prompts=5"])
+    assert cli["ckpt"] == "x" and cfg.heal_k == [] and cfg.n_prompts == 5
+    assert parse(["ckpt=x", "heal=true", "k=2"])[1].heal_k == [2]
+    assert parse(["ckpt=x", "heal_k=[1,2]"])[1].heal_k == [1, 2]
+    with pytest.raises(SystemExit, match="unknown key"):
+        parse(["ckpt=x", "n_prompt=5"])

@@ -72,6 +72,9 @@ class ProbeConfig:
     n_examples: int = 8  # pairs written out verbatim in probe.json
 
     def check(self, run) -> list[str]:
+        """Problems with these settings; none while disabled (the CLI checks an enabled copy)."""
+        if not self.enabled:
+            return []
         p = []
         if self.n_prompts <= 0:
             p.append(f"probe.n_prompts={self.n_prompts} must be positive")
@@ -378,10 +381,15 @@ def run_probe(model, tokenizer, val_texts: Sequence[str], cfg: Optional[ProbeCon
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
+    lm = model
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    if params and params[0].device.type != "cpu":  # ids are built on the CPU; logits come back there
+        device = params[0].device
+        lm = lambda ids: model(ids.to(device)).float().cpu()  # noqa: E731
     t0 = time.perf_counter()
     try:
         prompts = make_prompts(tokenizer, list(val_texts), cfg)
-        res = probe_prompts(model, tokenizer, prompts, cfg) if prompts else {}
+        res = probe_prompts(lm, tokenizer, prompts, cfg) if prompts else {}
     finally:
         if was_training:
             model.train()
