@@ -172,3 +172,13 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(compose, tiny_over
     s = train(compose(tiny_overrides + ["run_name=term", "trainer.max_steps=8", "trainer.val_every=100"]),
               log=lambda *_: None)
     assert s["step"] == 8 and s["tokens_seen"] == 8 * 4 * 32
+
+
+def test_probe_runs_at_the_end_of_training(compose, tiny_overrides):
+    run = compose(tiny_overrides + ["run_name=probed", "probe.enabled=true", "probe.n_prompts=4",
+                                    "probe.context_tokens=16", "probe.max_target_bytes=8", "probe.heal_k=[1]"])
+    s = train(run, log=lambda *_: None)
+    d = Path(run.out_dir) / "probed"
+    res = json.loads((d / "probe.json").read_text())
+    assert res and any(k.startswith("probe/") for k in s)
+    assert json.loads((d / "summary.json").read_text()).keys() >= {k for k in s if k.startswith("probe/")}

@@ -46,52 +46,18 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
+from lmlab.config import ProbeConfig  # noqa: F401  (the schema lives with the other configs)
 from lmlab.eval.healing import Healer, VocabIndex
 
 LM = Callable[[torch.Tensor], torch.Tensor]  # ids (B, T) -> logits (B, T, V)
 WORD = re.compile(r"\s*(?:\w+|[^\w\s])")
 P_FLOOR = 1e-12
-
-
-@dataclass
-class ProbeConfig:
-    enabled: bool = False  # run at the end of training and write probe.json beside the checkpoints
-    n_prompts: int = 200  # matched pairs: n boundary + n mid-token prompts
-    context_tokens: int = 64  # every prompt is truncated (left) to exactly this many tokens
-    max_target_bytes: int = 16  # rest-of-word target truncated to this many bytes
-    heal_k: list[int] = field(default_factory=lambda: [1])  # healing variants besides plain
-    min_prob: float = 1e-4  # search bound: nodes below this path probability are not expanded
-    max_batch: int = 64  # rows per model call
-    seed: int = 0  # chooses the cuts; independent of the run seed on purpose
-    n_examples: int = 8  # pairs written out verbatim in probe.json
-
-    def check(self, run) -> list[str]:
-        """Problems with these settings; none while disabled (the CLI checks an enabled copy)."""
-        if not self.enabled:
-            return []
-        p = []
-        if self.n_prompts <= 0:
-            p.append(f"probe.n_prompts={self.n_prompts} must be positive")
-        if self.context_tokens <= 0 or self.max_target_bytes <= 0:
-            p.append("probe.context_tokens and probe.max_target_bytes must be positive")
-        if any(k < 1 for k in self.heal_k):
-            p.append(f"probe.heal_k={self.heal_k}: each k must be >= 1 (plain is always probed)")
-        if not 0.0 <= self.min_prob < 1.0:
-            p.append(f"probe.min_prob={self.min_prob} must be in [0, 1)")
-        seq_len = getattr(getattr(run, "model", None), "seq_len", None)
-        if seq_len is not None and self.context_tokens + self.max_target_bytes > seq_len:
-            p.append(
-                f"probe.context_tokens={self.context_tokens} + probe.max_target_bytes="
-                f"{self.max_target_bytes} exceeds model.seq_len={seq_len}"
-            )
-        return p
-
 
 # ---------------------------------------------------------------------------------------------
 # The search: byte-level continuation probabilities and greedy checks, batched by tree level.

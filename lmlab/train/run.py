@@ -119,7 +119,7 @@ def train(run, log=print, callbacks=()) -> dict:
             "num_workers": run.data.num_workers,
             **task.summary(),
         }
-        task.on_fit_end(run_dir)
+        summary.update(task.on_fit_end(run_dir) or {})
         _write_json(run_dir / "summary.json", summary)
         ent = summary.get("val_byte_unigram_entropy")
         log(f"done: step {summary['step']}, val bits/byte {summary['val_bpb']:.4f}"

@@ -6,7 +6,7 @@ The data source names its task (``DataSource.task``): ``lm`` for text corpora (t
 - ``datamodule``  a LightningDataModule (its ``setup`` builds data and tokenizer);
 - ``module()``    the LightningModule, built after ``datamodule.setup()``;
 - ``summary()``   extra fields for ``summary.json`` after training;
-- ``on_fit_end(run_dir)`` anything to write beside the run (plots, probes).
+- ``on_fit_end(run_dir)`` anything to write beside the run (plots, probes); returns extra summary fields.
 """
 
 from __future__ import annotations
@@ -59,5 +59,20 @@ class LMTask:
             "n_params": m.model.n_params(),
         }
 
-    def on_fit_end(self, run_dir) -> None:
-        pass
+    def on_fit_end(self, run_dir) -> dict:
+        """The continuation probe (``probe.enabled``): probe.json beside the run, scalars for the summary."""
+        if not self.run.probe.enabled:
+            return {}
+        import json
+        import os
+        from pathlib import Path
+
+        from lmlab.eval.probe import flatten, run_probe
+
+        model = self.module().model.eval()
+        res = run_probe(model, self.datamodule.tokenizer, self.datamodule.corpus.val["text"], self.run.probe)
+        path = Path(run_dir) / "probe.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=1, default=float))
+        os.replace(tmp, path)
+        return flatten(res)
