@@ -8,7 +8,8 @@ Measured in one run, on the configured model (default micro) and corpus:
   pipeline   lmlab with its real data path: on-the-fly tokenization in data.num_workers worker(s)
              (run once per worker setting given by --workers), and with a sampling tokenizer if
              --sample is given (tokenizer.sample=true)
-Each figure is tokens/s over the steps after --warmup; the ratio is against `plain`.
+Each figure is tokens/s over the steps after --warmup; the ratio is against `plain` measured with
+the same number of torch threads (--threads 1,2 compares thread counts).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--workers", default="0,1", help="worker counts to measure the real pipeline with")
     ap.add_argument("--sample", action="store_true", help="also measure with tokenizer.sample=true")
+    ap.add_argument("--threads", default="", help="torch thread counts to compare, e.g. 1,2 (default: the config's)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -118,28 +120,31 @@ def main():
           f"{run.data.batch_size}, vocab {dm.tokenizer.vocab_size}, {threads} torch threads, "
           f"{args.steps - args.warmup} timed steps")
 
-    plain = plain_loop(run, dm.tokenizer, batches, args.warmup)
-    rows = [("plain PyTorch loop", plain)]
-    torch.manual_seed(0)
-    module = LMModule(run, dm.tokenizer, dm.bytes_len)
-    rows.append(("lmlab (Lightning), same batches", lightning_loop(
-        run, module, DataLoader([{"tokens": b, "epoch": 0} for b in batches], batch_size=None),
-        args.steps, args.warmup)))
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [threads]
     settings = [(int(w), False) for w in args.workers.split(",")]
     if args.sample:
         settings += [(int(w), True) for w in args.workers.split(",")]
-    for workers, sample in settings:
-        run.data.num_workers = workers
-        run.tokenizer.sample = sample
-        dm.tokenizer.cfg.sample = sample
-        dm.tokenizer.sampling = sample
+    rows = []
+    for n_threads in thread_counts:
+        torch.set_num_threads(n_threads)
+        plain = plain_loop(run, dm.tokenizer, batches, args.warmup)
+        rows.append((f"plain PyTorch loop, {n_threads} thread(s)", plain, plain))
         torch.manual_seed(0)
         module = LMModule(run, dm.tokenizer, dm.bytes_len)
-        rate = lightning_loop(run, module, dm.train_dataloader(), args.steps, args.warmup)
-        rows.append((f"lmlab pipeline, {workers} worker(s){', sampling' if sample else ''}", rate))
-    print(f"{'loop':44s} {'tokens/s':>10s} {'ratio':>7s}")
-    for name, rate in rows:
-        print(f"{name:44s} {rate:10.0f} {rate / plain:7.3f}")
+        rate = lightning_loop(run, module, DataLoader([{"tokens": b, "epoch": 0} for b in batches], batch_size=None),
+                              args.steps, args.warmup)
+        rows.append(("  lmlab (Lightning), same batches", rate, plain))
+        for workers, sample in settings:
+            run.data.num_workers = workers
+            dm.tokenizer.cfg.sample = dm.tokenizer.sampling = sample
+            torch.manual_seed(0)
+            module = LMModule(run, dm.tokenizer, dm.bytes_len)
+            rate = lightning_loop(run, module, dm.train_dataloader(), args.steps, args.warmup)
+            rows.append((f"  lmlab pipeline, {workers} worker(s){', sampling' if sample else ''}", rate, plain))
+        dm.tokenizer.cfg.sample = dm.tokenizer.sampling = False
+    print(f"{'loop':48s} {'tokens/s':>10s} {'vs plain':>9s}")
+    for name, rate, base in rows:
+        print(f"{name:48s} {rate:10.0f} {rate / base:9.3f}")
 
 
 if __name__ == "__main__":
