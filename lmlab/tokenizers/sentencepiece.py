@@ -126,7 +126,7 @@ class SentencePieceTokenizer(Tokenizer):
     Config = SentencePieceConfig
 
     def __init__(self, model_path: str, cfg: Optional[SentencePieceConfig] = None):
-        self.cfg = cfg or SentencePieceConfig()
+        self.cfg = cfg or self.Config()
         self.model_path = str(model_path)
         self._load(Path(model_path).read_bytes())
 

@@ -46,22 +46,14 @@ SentencePiece). Other models are normalized with SentencePiece's own normalizer 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
 
 from lmlab.registry import TOKENIZER
-from lmlab.tokenizers.base import Tokenizer
 from lmlab.tokenizers.lattice import MODES, LatticeModel
-from lmlab.tokenizers.sentencepiece import (
-    WHITESPACE,
-    SentencePieceConfig,
-    _piece_bytes,
-    train_sentencepiece,
-)
+from lmlab.tokenizers.sentencepiece import WHITESPACE, SentencePieceConfig, SentencePieceTokenizer
 
 _UNK_PENALTY = np.float32(10.0)  # SentencePiece's kUnkPenalty
 
@@ -158,28 +150,21 @@ def load_lattice_model(proto: bytes, where: str = "model",
 
 
 @TOKENIZER.register("unigram")
-class UnigramTokenizer(Tokenizer):
+class UnigramTokenizer(SentencePieceTokenizer):
+    """SentencePieceTokenizer's model, training cache, byte table and ids; lmlab's own segmenter."""
+
     Config = UnigramConfig
 
-    def __init__(self, model_path: str, cfg: Optional[UnigramConfig] = None):
-        self.cfg = cfg or UnigramConfig()
-        self.model_path = str(model_path)
-        self._load(Path(model_path).read_bytes())
-
     def _load(self, proto: bytes, model: Optional[LatticeModel] = None) -> None:
-        import sentencepiece as spm
-
         if self.cfg.mode not in MODES:
             raise ValueError(f"tokenizer.mode={self.cfg.mode!r} is not one of {', '.join(MODES)}")
         if self.cfg.alpha < 0:
             raise ValueError(f"tokenizer.alpha={self.cfg.alpha} must be >= 0")
         built, info = load_lattice_model(proto, self.model_path, build=model is None)
+        super()._load(proto)
         self.model = model if model is not None else built
-        self._proto = proto
-        self.sp = spm.SentencePieceProcessor(model_proto=proto)
         self.lossless = info["identity"]
         self._escape = info["escape_whitespaces"]
-        self._bytes = [_piece_bytes(self.sp, i) for i in range(self.sp.get_piece_size())]
         self.sampling = self.cfg.mode != "viterbi"
         from lmlab.tokenizers.lattice_fast import warm_up
 
@@ -187,26 +172,13 @@ class UnigramTokenizer(Tokenizer):
 
     def __getstate__(self):
         # the built lattice travels too, so a DataLoader worker does not rebuild the trie
-        return {"cfg": self.cfg, "model_path": self.model_path, "proto": self._proto, "model": self.model}
+        return {**super().__getstate__(), "model": self.model}
 
     def __setstate__(self, state):
         self.cfg, self.model_path = state["cfg"], state["model_path"]
-        self._load(state["proto"], state["model"])
-
-    @classmethod
-    def build(cls, cfg: UnigramConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):
-        path = cfg.model_path or train_sentencepiece(cfg, train_texts(), cache_dir)
-        return cls(path, cfg)
+        self._load(state["proto"], state.get("model"))
 
     # ---- the Tokenizer interface --------------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
-
-    @property
-    def eos_id(self) -> int:
-        return self.sp.eos_id()
 
     def normalize(self, text: str) -> bytes:
         """The UTF-8 bytes the lattice is built on (SentencePiece's normalized text)."""
@@ -240,12 +212,6 @@ class UnigramTokenizer(Tokenizer):
 
     def with_mode(self, mode: Optional[str] = None, alpha: Optional[float] = None) -> UnigramTokenizer:
         return with_mode(self, mode, alpha)
-
-    def piece_bytes(self, token_id: int) -> bytes:
-        return self._bytes[token_id]
-
-    def bytes_table(self) -> list[bytes]:
-        return list(self._bytes)
 
     def id_to_piece(self, token_id: int) -> str:
         return self.sp.id_to_piece(int(token_id))
