@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -96,6 +97,9 @@ def main():
     ap.add_argument("--workers", default="0,1", help="worker counts to measure the real pipeline with")
     ap.add_argument("--sample", action="store_true", help="also measure with tokenizer.sample=true")
     ap.add_argument("--threads", default="", help="torch thread counts to compare, e.g. 1,2 (default: the config's)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved repetitions of every loop; the median is reported (order effects on "
+                         "this machine reach ±8%%, more than the framework's cost)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -124,27 +128,36 @@ def main():
     settings = [(int(w), False) for w in args.workers.split(",")]
     if args.sample:
         settings += [(int(w), True) for w in args.workers.split(",")]
+    settings = [(int(w), False) for w in args.workers.split(",")]
+    if args.sample:
+        settings += [(int(w), True) for w in args.workers.split(",")]
     rows = []
     for n_threads in thread_counts:
         torch.set_num_threads(n_threads)
-        plain = plain_loop(run, dm.tokenizer, batches, args.warmup)
-        rows.append((f"plain PyTorch loop, {n_threads} thread(s)", plain, plain))
-        torch.manual_seed(0)
-        module = LMModule(run, dm.tokenizer, dm.bytes_len)
-        rate = lightning_loop(run, module, DataLoader([{"tokens": b, "epoch": 0} for b in batches], batch_size=None),
-                              args.steps, args.warmup)
-        rows.append(("  lmlab (Lightning), same batches", rate, plain))
-        for workers, sample in settings:
-            run.data.num_workers = workers
-            dm.tokenizer.cfg.sample = dm.tokenizer.sampling = sample
+        rates: dict[str, list[float]] = {}
+        for _ in range(args.repeats):  # interleaved, so drifts hit every loop alike
+            rates.setdefault("plain", []).append(plain_loop(run, dm.tokenizer, batches, args.warmup))
             torch.manual_seed(0)
             module = LMModule(run, dm.tokenizer, dm.bytes_len)
-            rate = lightning_loop(run, module, dm.train_dataloader(), args.steps, args.warmup)
-            rows.append((f"  lmlab pipeline, {workers} worker(s){', sampling' if sample else ''}", rate, plain))
-        dm.tokenizer.cfg.sample = dm.tokenizer.sampling = False
-    print(f"{'loop':48s} {'tokens/s':>10s} {'vs plain':>9s}")
-    for name, rate, base in rows:
-        print(f"{name:48s} {rate:10.0f} {rate / base:9.3f}")
+            same = DataLoader([{"tokens": b, "epoch": 0} for b in batches], batch_size=None)
+            rates.setdefault("  lmlab (Lightning), same batches", []).append(
+                lightning_loop(run, module, same, args.steps, args.warmup))
+            for workers, sample in settings:
+                run.data.num_workers = workers
+                dm.tokenizer.cfg.sample = dm.tokenizer.sampling = sample
+                torch.manual_seed(0)
+                module = LMModule(run, dm.tokenizer, dm.bytes_len)
+                name = f"  lmlab pipeline, {workers} worker(s){', sampling' if sample else ''}"
+                rates.setdefault(name, []).append(
+                    lightning_loop(run, module, dm.train_dataloader(), args.steps, args.warmup))
+            dm.tokenizer.cfg.sample = dm.tokenizer.sampling = False
+        plain = statistics.median(rates["plain"])
+        for name, rs in rates.items():
+            label = f"plain PyTorch loop, {n_threads} thread(s)" if name == "plain" else name
+            rows.append((label, statistics.median(rs), plain, min(rs), max(rs)))
+    print(f"{'loop (median of ' + str(args.repeats) + ')':48s} {'tokens/s':>10s} {'vs plain':>9s} {'range':>15s}")
+    for name, rate, base, lo, hi in rows:
+        print(f"{name:48s} {rate:10.0f} {rate / base:9.3f} {lo:7.0f}-{hi:<7.0f}")
 
 
 if __name__ == "__main__":
