@@ -39,8 +39,13 @@ class GenerateArgs:
     device: str = "cpu"
 
 
+RAW_KEYS = ("prompt", "ckpt")  # free text: taken verbatim, never parsed as YAML ("ROMEO:" is no dict)
+
+
 def parse_args(argv: list[str]) -> GenerateArgs:
-    cfg = OmegaConf.merge(OmegaConf.structured(GenerateArgs), OmegaConf.from_dotlist(argv))
+    raw = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in RAW_KEYS and "=" in a}
+    rest = [a for a in argv if a.split("=", 1)[0] not in raw]
+    cfg = OmegaConf.merge(OmegaConf.structured(GenerateArgs), OmegaConf.from_dotlist(rest), raw)
     args = OmegaConf.to_object(cfg)  # raises on a missing ckpt, an unknown key or a wrong type
     if args.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={args.max_new_tokens} must be >= 0")

@@ -140,3 +140,10 @@ def test_inspect_reports_cache_and_flops():
     assert f"attention      {3 * 4 * 4 * 64 * 1000:,} prefill" in text  # 4·h·d_k·L per layer
     text = main(["attention=vq", "pos=none", "model=micro"])
     assert "0 elems per layer" in text and "constant decode state" in text
+
+
+def test_prompt_is_taken_verbatim_not_parsed_as_yaml():
+    from lmlab.generate import parse_args
+
+    a = parse_args(["ckpt=x.ckpt", "prompt=ROMEO: {a: 1}, [x]", "max_new_tokens=3"])
+    assert a.prompt == "ROMEO: {a: 1}, [x]" and a.ckpt == "x.ckpt" and a.max_new_tokens == 3
