@@ -115,6 +115,12 @@ def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_di
             os.rename(tmp, out_dir)
         except OSError:  # another process finished first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
+    except RuntimeError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if "Vocabulary size too high" in str(e):
+            raise ValueError(f"tokenizer.vocab_size={cfg.vocab_size} is too large for this corpus "
+                             f"({len(lines):,} training lines): {str(e).split(']')[-1].strip()}") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
