@@ -91,9 +91,18 @@ def test_crash_and_resume_is_bit_for_bit(compose, tiny_overrides, tmp_path):
 
 def test_resume_with_other_worker_count_is_refused(compose, tiny_overrides):
     train(compose(tiny_overrides + ["run_name=w"]), log=lambda *_: None)
-    with pytest.raises(ValueError, match="data.num_workers=0.*data.num_workers=1"):
+    with pytest.raises(ValueError, match="data.num_workers: checkpoint 0, this run 1"):
         train(compose(tiny_overrides + ["run_name=w", "data.num_workers=1", "trainer.max_steps=8"]),
               log=lambda *_: None)
+
+
+def test_resume_with_another_model_is_refused_naming_every_difference(compose, tiny_overrides):
+    train(compose(tiny_overrides + ["run_name=m"]), log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"(?s)model.d_model: checkpoint 32, this run 64.*tokenizer.vocab_size"):
+        train(compose(tiny_overrides + ["run_name=m", "model.d_model=64", "tokenizer.vocab_size=300"]),
+              log=lambda *_: None)
+    s = train(compose(tiny_overrides + ["run_name=m", "model.d_model=64", "resume=false"]), log=lambda *_: None)
+    assert s["step"] == 6
 
 
 def test_resume_true_without_checkpoint_names_the_folder(compose, tiny_overrides):

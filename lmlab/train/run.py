@@ -60,11 +60,18 @@ def train(run, log=print, callbacks=()) -> dict:
     L.seed_everything(run.seed, workers=False, verbose=False)
 
     ckpt_path = resolve_resume(run.resume, ckpt_dir)
+    if str(run.resume).lower() in ("false", "no") and ckpt_dir.exists():
+        old = sorted(ckpt_dir.glob("*.ckpt"))
+        for f in old:  # asked to start over: stale checkpoints would outrank the new ones
+            f.unlink()
+        if old:
+            log(f"resume=false: removed {len(old)} old checkpoint(s) from {ckpt_dir}")
     resume_step = None
     if ckpt_path:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         resume_step = state["global_step"]
         task_state = state.get("lmlab", {})
+        _check_compatible(task_state.get("config"), config, ckpt_path)
         log(f"resuming from {ckpt_path} at step {resume_step}")
     task = get_task(run, log=log)
     task.datamodule.setup("fit")
@@ -134,6 +141,35 @@ def train(run, log=print, callbacks=()) -> dict:
             import wandb
 
             wandb.finish()
+
+
+RESUME_MUST_MATCH = ("model", "attention", "pos", "tokenizer", "data", "seed")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_compatible(saved: dict | None, current: dict, ckpt_path) -> None:
+    """A checkpoint resumes only the run that wrote it: every key that shapes the model or the data
+    stream must match; all differences are named at once."""
+    if not saved:
+        return
+    old = _flat({k: saved.get(k) for k in RESUME_MUST_MATCH})
+    new = _flat({k: current.get(k) for k in RESUME_MUST_MATCH})
+    diff = [f"{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(
+            f"cannot resume from {ckpt_path}: the run that wrote it differs in\n  - " + "\n  - ".join(diff)
+            + "\nuse another run_name=, or resume=false to start this directory over"
+        )
 
 
 def _val_now(trainer) -> dict:
