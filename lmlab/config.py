@@ -183,7 +183,6 @@ class RunConfig:
     run_dir: str = ""  # filled by train.py from Hydra (outputs/<run_name> or outputs/<sweep>/<job>)
     resume: Union[bool, str] = "auto"  # auto | true | false | a checkpoint path
     cache_dir: str = ""  # tokenizer/corpus cache; "" -> $LMLAB_CACHE or ~/.cache/lmlab
-    extra: dict = field(default_factory=dict)  # free-form experiment notes, logged but never read
 
 
 # --------------------------------------------------------------------------------------------
