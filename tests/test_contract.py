@@ -24,8 +24,8 @@ def test_pair(compose, attention, pos):
                  "model.n_head=4", "model.n_layer=2", "model.seq_len=32"]
     try:
         run = compose(overrides)
-    except ConfigError as e:
-        assert "attention" in str(e) or "pos" in str(e)  # a declared incompatibility, explained
+    except ConfigError as e:  # a declared incompatibility must name both choices and say why
+        assert f"pos.name={pos}" in str(e) and "attention" in str(e), str(e)
         return
     torch.manual_seed(0)
     model = build_model(run, vocab_size=61).double()

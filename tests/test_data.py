@@ -149,3 +149,16 @@ def test_bits_per_byte_on_a_hand_checked_batch():
     assert n_tok == 2 and n_bytes == 4
     assert math.isclose(nats, 3 * math.log(2), rel_tol=1e-6)
     assert math.isclose(bits_per_byte(nats, n_bytes), 0.75, rel_tol=1e-6)
+
+
+def test_ddp_ranks_and_workers_read_disjoint_documents(monkeypatch):
+    """Two ranks x two workers: in every epoch the four streams partition the documents."""
+    stream = PackedTrainStream(DOCS, ToyTokenizer(), 15, 2, seed=5)
+    for epoch in range(3):
+        shares = []
+        for rank in range(2):
+            monkeypatch.setattr(stream, "_rank", lambda r=rank: (r, 2))
+            shares += [set(stream.shard(epoch, w, 2).tolist()) for w in range(2)]
+        assert all(shares) and sum(map(len, shares)) == len(set().union(*shares)) == len(DOCS)
+    monkeypatch.setattr(stream, "_rank", lambda: (0, 1))  # one process: workers still partition
+    assert sorted(stream.shard(0, 0, 2).tolist() + stream.shard(0, 1, 2).tolist()) == list(range(len(DOCS)))

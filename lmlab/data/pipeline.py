@@ -7,6 +7,9 @@ when the tokenizer samples -- so a stochastic tokenizer draws a fresh segmentati
 draw does not depend on which worker reads it, and a resumed run redraws exactly the same.
 Documents end with EOS and are packed into non-overlapping blocks of T+1 tokens.
 
+Under DDP each rank runs its own loader: stream (rank, worker) reads every (world x W)-th
+document of the epoch's order, so ranks never train on the same batch.
+
 Batch order: the DataLoader takes batches from workers round-robin, so global batch j is worker
 (j mod W)'s (j div W)-th batch. Resuming after s batches, each worker skips its share and the
 workers' roles rotate by s so the round-robin continues where it stopped; this needs the same W,
@@ -34,6 +37,20 @@ class PackedTrainStream(IterableDataset):
         info = get_worker_info()
         return (info.id, info.num_workers) if info else (0, 1)
 
+    def _rank(self) -> tuple[int, int]:
+        """(rank, world size) under torch.distributed (DDP), else (0, 1)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def shard(self, epoch: int, wid: int, nw: int) -> np.ndarray:
+        """Document indices this (rank, worker) stream reads in ``epoch``, in order: every
+        (world x W)-th document of the epoch's permutation, so ranks and workers never overlap."""
+        rank, world = self._rank()
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))[rank * nw + wid :: world * nw]
+
     def __iter__(self):
         slot, nw = self._worker()
         # The loader polls workers round-robin from worker 0, so after resuming at global batch s,
@@ -44,11 +61,10 @@ class PackedTrainStream(IterableDataset):
         block = self.seq_len + 1
         need = block * self.batch_size
         eos = self.tokenizer.eos_id
-        n = len(self.texts)
         buf: list[int] = []
         epoch = 0
         while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)[wid::nw]
+            order = self.shard(epoch, wid, nw)
             produced = False
             for d in order:
                 rng = np.random.default_rng([self.seed, epoch, int(d)]) if self.tokenizer.sampling else None

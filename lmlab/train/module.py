@@ -67,7 +67,6 @@ class LMModule(L.LightningModule):
         self.tokens_per_sec = float("nan")
         self.last_train_loss = float("nan")
         self.val_history: list[dict] = []
-        self.expected_workers = run.data.num_workers
 
     def forward(self, idx):
         return self.model(idx)
@@ -164,6 +163,7 @@ class LMModule(L.LightningModule):
             "tokens_seen": self.tokens_seen,
             "train_bytes": self.train_bytes,
             "num_workers": self.run.data.num_workers,
+            "world_size": self.trainer.world_size,
             "seed": self.run.seed,
             "val_history": self.val_history,
         }
@@ -176,6 +176,12 @@ class LMModule(L.LightningModule):
             raise ValueError(
                 f"cannot resume: the checkpoint was written with data.num_workers={state['num_workers']}, "
                 f"this run has data.num_workers={self.run.data.num_workers} (batch order depends on it)"
+            )
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if state.get("world_size", 1) != world:
+            raise ValueError(
+                f"cannot resume: the checkpoint was written with world size {state.get('world_size', 1)}, "
+                f"this run has {world} (each rank's share of the data depends on it)"
             )
         if state["seed"] != self.run.seed:
             raise ValueError(f"cannot resume: checkpoint seed={state['seed']}, this run seed={self.run.seed}")

@@ -132,9 +132,8 @@ def train(run, log=print, callbacks=()) -> dict:
         log(f"done: step {summary['step']}, val bits/byte {summary['val_bpb']:.4f}"
             + (f" (byte-unigram entropy of the same text: {ent:.4f})" if ent == ent and ent else "")
             + f"; summary in {run_dir / 'summary.json'}")
-        for lg in loggers:
-            if hasattr(lg, "log_metrics") and lg is not loggers[0]:
-                lg.log_metrics({f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+        if wb is not None:
+            wb.log_metrics({f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
         return summary
     finally:
         if wb is not None:

@@ -60,6 +60,12 @@ class MLAConfig(AttentionConfig):
         d_v = self.v_head_dim if self.v_head_dim is not None else d
         return d_c, d_r, d_n, d_v
 
+    rotary_dim_key = "attention.rope_head_dim"
+
+    def rotary_dim(self, model_cfg) -> int:
+        """Position encodings rotate only the decoupled part (SPEC §9)."""
+        return self.dims(model_cfg)[1]
+
     def check(self, run) -> list[str]:
         p = super().check(run)
         d_c, d_r, d_n, d_v = self.dims(run.model)

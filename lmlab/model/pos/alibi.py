@@ -50,7 +50,6 @@ class ALiBiConfig(PosConfig):
 class ALiBi(PosEncoding):
     Config = ALiBiConfig
     has_bias = True
-    position_scheme = "flat"
 
     def __init__(self, cfg: ALiBiConfig, model_cfg):
         super().__init__(cfg, model_cfg)

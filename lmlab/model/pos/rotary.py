@@ -39,14 +39,12 @@ class RotaryConfig(PosConfig):
 def rotated_dim(run) -> tuple[int, str]:
     """(dims per head that ``rotate`` receives, the config key that sets it).
 
-    The whole head (``model.head_dim``) unless the attention config says otherwise: through a
-    ``rotary_dim(model_cfg)`` method if it has one, or MLA's decoupled ``rope_head_dim``.
+    The whole head (``model.head_dim``) unless the attention config says otherwise through a
+    ``rotary_dim(model_cfg)`` method and ``rotary_dim_key`` (MLA's decoupled ``rope_head_dim``).
     """
     attn = getattr(run, "attention", None)
     if callable(getattr(attn, "rotary_dim", None)):
-        return attn.rotary_dim(run.model), "attention.rotary_dim"
-    if getattr(attn, "name", None) == "mla" and callable(getattr(attn, "dims", None)):
-        return attn.dims(run.model)[1], "attention.rope_head_dim"
+        return attn.rotary_dim(run.model), getattr(attn, "rotary_dim_key", "attention.rotary_dim")
     return run.model.dim_head, "model.head_dim / d_model//n_head"
 
 
