@@ -94,6 +94,24 @@ class OptimConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Stop when val bits/byte has not improved by ``min_delta`` for ``patience`` validations."""
+
+    enabled: bool = False
+    patience: int = 3  # validations (trainer.val_every steps apart) without improvement
+    min_delta: float = 0.0  # an improvement smaller than this does not count
+    monitor: str = "val/bpb"
+
+    def check(self, run: RunConfig) -> list[str]:
+        p = []
+        if self.patience < 1:
+            p.append(f"trainer.early_stop.patience={self.patience} must be >= 1")
+        if self.min_delta < 0:
+            p.append(f"trainer.early_stop.min_delta={self.min_delta} must be >= 0")
+        return p
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "cpu"
     devices: int = 1
@@ -109,6 +127,7 @@ class TrainerConfig:
     deterministic: bool = False
     progress_bar: Optional[bool] = None  # None: on when stdout is a terminal
     entropy_baseline: bool = True  # print the byte-unigram entropy of the val text beside val_bpb
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
     def check(self, run: RunConfig) -> list[str]:
         p = []
