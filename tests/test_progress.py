@@ -148,3 +148,47 @@ def test_start_block_names_every_choice(compose):
                          ("precision", "32-true"), ("threads", "3 torch thread(s)"), ("run dir", "outputs/x")]:
         assert re.search(rf"^\s+{label}\s+.*{re.escape(value)}", text, re.M), (label, text)
     assert "123,456 parameters" in text
+
+
+def test_wandb_credentials_read_from_env_and_netrc(tmp_path, monkeypatch):
+    from lmlab.train.logging import wandb_logged_in
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert not wandb_logged_in()  # no file
+    netrc.write_text("machine example.org login user password x\n")
+    netrc.chmod(0o600)
+    assert not wandb_logged_in()  # another host
+    netrc.write_text("machine api.wandb.ai login user password k" + "0" * 39 + "\n")
+    assert wandb_logged_in()
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_logged_in()
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_prints_no_banner_or_deprecation(tmp_path, monkeypatch, capfd):
+    import warnings
+
+    import wandb
+
+    from lmlab.train.logging import wandb_logger
+
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+    run = SimpleNamespace(logger=SimpleNamespace(mode="auto", project="p", entity=None),
+                          sweep_name="s", run_name="r")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wb = wandb_logger(run, str(tmp_path), {"a": 1})
+        try:
+            assert wb.experiment.settings.mode == "offline"  # auto without credentials
+            wb.log_metrics({"x": 1.0}, step=1)
+        finally:
+            wandb.finish()
+    out = capfd.readouterr()
+    assert "wandb:" not in out.out + out.err, out
+    assert not [w for w in caught if "deprecat" in str(w.message).lower()]

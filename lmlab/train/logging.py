@@ -90,18 +90,41 @@ class RunCSVLogger(Logger):
 def wandb_logger(run, run_dir: str, config: dict):
     """A WandbLogger, offline unless the user is logged in; None (with a warning) if W&B can't start."""
     try:
+        # W&B's banner and sync hints would interleave with lmlab's progress lines; errors still print
+        os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
         mode = run.logger.mode
         if mode == "auto":
-            logged_in = bool(os.environ.get("WANDB_API_KEY")) or bool(wandb.api.api_key)
-            mode = "online" if logged_in else "offline"
-        os.environ.setdefault("WANDB_SILENT", "true")
-        return WandbLogger(
+            mode = "online" if wandb_logged_in() else "offline"
+        logger = WandbLogger(
             project=run.logger.project, entity=run.logger.entity, group=run.sweep_name,
             name=run.run_name, save_dir=run_dir, config=config, mode=mode,
+            settings=wandb.Settings(silent=True, quiet=True),
         )
+        # Lightning always passes anonymous=None, which W&B >= 0.19 answers with a deprecation warning
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
+        return logger
     except Exception as e:  # noqa: BLE001 - W&B trouble must never stop a run
         print(f"warning: W&B could not start ({e}); continuing with CSV only")
         return None
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B has credentials, read without W&B's deprecated ``wandb.api`` (which warns) and
+    without ``wandb.login`` (which may prompt or reach the network): ``WANDB_API_KEY``, or a netrc
+    entry for the W&B host that ``wandb login`` writes."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return bool(netrc.netrc(path).authenticators(host))
+    except (OSError, netrc.NetrcParseError):
+        return False
