@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from lmlab.config import run_name_from_overrides  # noqa: E402
+from lmlab.config import prepare_argv, run_name_from_overrides  # noqa: E402
 
 OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, replace=True)
 
@@ -42,6 +42,9 @@ def main(cfg: DictConfig):
     except (ConfigError, UnknownVariantError) as e:
         return fail(e)
     run.run_dir = hc.runtime.output_dir
+    from lmlab.config import resume_target
+
+    run.resume = resume_target(run.resume, run.out_dir)  # a run name or run dir -> its last.ckpt
 
     from lmlab.train.checkpointing import StoppedBySignal
     from lmlab.train.run import train
@@ -56,4 +59,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    sys.argv = prepare_argv(sys.argv)  # resume= paths with '=' and ',' unquoted; sweep folder names
     main()

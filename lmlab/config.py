@@ -11,6 +11,7 @@ One validation pass collects *every* problem -- unknown keys, wrong types, illeg
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -351,14 +352,155 @@ def to_dict(run: RunConfig) -> dict:
     return dataclasses.asdict(run)
 
 
-def run_name_from_overrides(overrides: str) -> str:
-    """Readable run name from Hydra's override_dirname; long ones keep a prefix and a hash."""
+# --------------------------------------------------------------------------------------------
+# Run identity: run names, sweep names, resume targets (README: run directories).
+# --------------------------------------------------------------------------------------------
+
+RUN_NAME_MAX = 120  # characters; longer names keep whole overrides up to ~100, then a count and a hash
+GROUPS = ("task", "model", "attention", "pos", "tokenizer", "data", "optim", "trainer", "logger",
+          "experiment", "debug")
+
+
+def _split_top(text: str) -> list[str]:
+    """Split Hydra's comma-joined override_dirname at commas outside brackets and quotes."""
+    out, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [o for o in [*out, cur] if o]
+
+
+def run_name_from_overrides(overrides: Any, exclude: Any = ()) -> str:
+    """Readable, stable run name from the command-line overrides (``hydra:overrides.task``).
+
+    Overrides whose key matches an ``exclude`` pattern (fnmatch: ``logger.*``) are left out -- they
+    cannot change results (``hydra.job.config.override_dirname.exclude_keys`` in conf/config.yaml).
+    Group choices come first (``attention=mla,pos=rope2d``), then the other overrides, each part
+    sorted, so the same overrides in any order name the same directory. ``/`` becomes ``_``. A name
+    longer than ``RUN_NAME_MAX`` keeps the whole overrides that fit, then ``+<n>more-<hash>`` (the
+    hash of the full name keeps it unique). No overrides: ``default``.
+    """
+    import fnmatch
     import hashlib
 
-    name = overrides.replace("/", "_") or "default"
-    if len(name) > 120:
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    items = _split_top(overrides) if isinstance(overrides, str) else [str(o) for o in overrides or ()]
+    patterns = [str(p) for p in exclude or ()]
+    groups, others = [], []
+    for o in items:
+        key, _, value = o.partition("=")
+        bare = key.lstrip("+")
+        if any(fnmatch.fnmatchcase(bare.lstrip("~"), p) for p in patterns):
+            continue
+        part = f"{bare}={value}" if _ else bare
+        (groups if bare in GROUPS else others).append(part.replace("/", "_"))
+    parts = sorted(groups) + sorted(others)
+    name = ",".join(parts) or "default"
+    if len(name) <= RUN_NAME_MAX:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    kept: list[str] = []
+    for part in parts:
+        if len(",".join([*kept, part])) > RUN_NAME_MAX - 20:
+            break
+        kept.append(part)
+    if not kept:  # one very long override: cut it
+        return parts[0][: RUN_NAME_MAX - 20] + f"+{len(parts) - 1}more-{digest}"
+    return ",".join(kept) + f",+{len(parts) - len(kept)}more-{digest}"
+
+
+def sweep_name_from_overrides(overrides: list[str]) -> str | None:
+    """``sweep-<key>-<key>`` from the swept keys of a multirun's overrides (``attention=mha,gqa``,
+    ``optim.lr=range(...)``, ``hydra.sweeper.params.optim.lr=...``), in command-line order; None
+    when nothing is swept or the overrides do not parse (Hydra then reports them itself)."""
+    import hashlib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - any parse error is Hydra's to report, with its own message
+        return None
+    keys = []
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra.sweeper.params."):
+            key = key[len("hydra.sweeper.params."):]
+        elif not o.is_sweep_override() or key.startswith("hydra"):
+            continue
+        key = key.replace("/", "_")
+        if key not in keys:
+            keys.append(key)
+    if not keys:
+        return None
+    name = "sweep-" + "-".join(keys)
+    if len(name) > 80:
+        name = name[:69] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
     return name
+
+
+_UNSAFE_UNQUOTED = re.compile(r"[=,\[\]{}()\s'\"$]")
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Command-line fixes applied before Hydra parses ``argv`` (train.py):
+
+    - ``resume=VALUE`` is quoted when VALUE holds characters Hydra's override grammar would parse
+      (``resume=outputs/attention=mla,pos=rope/checkpoints/last.ckpt``), so paths and run names need
+      no shell quoting; an already quoted value is left alone.
+    - A multirun (``-m``) without ``sweep_name=`` (and without an ``experiment=``, which names its
+      own sweep) gets ``sweep_name=sweep-<swept keys>``, so two different sweeps never share a folder.
+      Every job receives it as an ordinary override (excluded from run names), which is why this is
+      done here and not by a resolver: Hydra resolves the sweep folder again inside each job, where
+      only that job's single values are visible.
+    """
+    out = [argv[0]]
+    for a in argv[1:]:
+        m = re.fullmatch(r"(\+{0,2}resume)=(.*)", a, re.S)
+        if m and m.group(2) and m.group(2)[0] not in "'\"" and _UNSAFE_UNQUOTED.search(m.group(2)):
+            value = m.group(2)
+            q = "'" if "'" not in value else '"'
+            if q not in value:
+                a = f"{m.group(1)}={q}{value}{q}"
+        out.append(a)
+    args = out[1:]
+    multirun = any(a in ("-m", "--multirun") or a == "hydra.mode=MULTIRUN" for a in args)
+    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    named = any(re.match(r"\+{0,2}(sweep_name|experiment)=", a) for a in overrides)
+    if multirun and not named:
+        name = sweep_name_from_overrides(overrides)
+        if name:  # beside the other overrides: argparse takes them as one run of positionals
+            last = max(i for i, a in enumerate(out) if i > 0 and a in overrides)
+            out.insert(last + 1, f"sweep_name={name}")
+    return out
+
+
+def resume_target(resume: Any, out_dir: str) -> Any:
+    """``resume=`` as given -> what ``resolve_resume`` takes: auto/true/false and checkpoint files
+    unchanged; a run directory (``outputs/NAME``) or a run name under ``out_dir`` (``NAME``) becomes
+    its ``checkpoints/last.ckpt``. Anything else is returned unchanged (resolve_resume names it)."""
+    from pathlib import Path
+
+    if isinstance(resume, bool) or str(resume).lower() in ("auto", "true", "false", "yes", "no", "", "none"):
+        return resume
+    p = Path(str(resume))
+    if p.is_file():
+        return str(p)
+    for d in (p, Path(out_dir) / p):
+        if d.is_dir():
+            ckpt = d / "checkpoints" / "last.ckpt" if (d / "checkpoints").is_dir() else d / "last.ckpt"
+            return str(ckpt)
+    return resume
 
 
 CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
