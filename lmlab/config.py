@@ -381,30 +381,39 @@ def _split_top(text: str) -> list[str]:
     return [o for o in [*out, cur] if o]
 
 
-def run_name_from_overrides(overrides: Any, exclude: Any = ()) -> str:
+SWEPT_ENV = "LMLAB_SWEPT_KEYS"  # set per job through hydra.job.env_set by prepare_argv
+
+
+def run_name_from_overrides(overrides: Any, exclude: Any = (), sweeper_params: Any = None,
+                            env_set: Any = None) -> str:
     """Readable, stable run name from the command-line overrides (``hydra:overrides.task``).
 
     Overrides whose key matches an ``exclude`` pattern (fnmatch: ``logger.*``) are left out -- they
     cannot change results (``hydra.job.config.override_dirname.exclude_keys`` in conf/config.yaml).
-    Group choices come first (``attention=mla,pos=rope2d``), then the other overrides, each part
-    sorted, so the same overrides in any order name the same directory. ``/`` becomes ``_``. A name
-    longer than ``RUN_NAME_MAX`` keeps the whole overrides that fit, then ``+<n>more-<hash>`` (the
-    hash of the full name keeps it unique). No overrides: ``default``.
+    In a sweep the swept keys come first (the keys of ``hydra.sweeper.params``, and of an ad-hoc
+    ``-m`` sweep as recorded by ``prepare_argv`` in ``hydra.job.env_set``), so a trial's folder
+    shows what distinguishes it even when the name is cut; then group choices
+    (``attention=mla,pos=rope2d``), then the other overrides, each part sorted, so the same
+    overrides in any order name the same directory. ``/`` becomes ``_``. A name longer than
+    ``RUN_NAME_MAX`` keeps the whole overrides that fit, then ``+<n>more-<hash>`` (the hash of the
+    full name keeps it unique). No overrides: ``default``.
     """
     import fnmatch
     import hashlib
 
     items = _split_top(overrides) if isinstance(overrides, str) else [str(o) for o in overrides or ()]
     patterns = [str(p) for p in exclude or ()]
-    groups, others = [], []
+    swept = set(sweeper_params or {})
+    swept |= {k for k in str((env_set or {}).get(SWEPT_ENV, "")).split(",") if k}
+    first, groups, others = [], [], []
     for o in items:
         key, _, value = o.partition("=")
         bare = key.lstrip("+")
         if any(fnmatch.fnmatchcase(bare.lstrip("~"), p) for p in patterns):
             continue
-        part = f"{bare}={value}" if _ else bare
-        (groups if bare in GROUPS else others).append(part.replace("/", "_"))
-    parts = sorted(groups) + sorted(others)
+        part = (f"{bare}={value}" if _ else bare).replace("/", "_")
+        (first if bare in swept else groups if bare in GROUPS else others).append(part)
+    parts = sorted(first) + sorted(groups) + sorted(others)
     name = ",".join(parts) or "default"
     if len(name) <= RUN_NAME_MAX:
         return name
@@ -419,18 +428,16 @@ def run_name_from_overrides(overrides: Any, exclude: Any = ()) -> str:
     return ",".join(kept) + f",+{len(parts) - len(kept)}more-{digest}"
 
 
-def sweep_name_from_overrides(overrides: list[str]) -> str | None:
-    """``sweep-<key>-<key>`` from the swept keys of a multirun's overrides (``attention=mha,gqa``,
-    ``optim.lr=range(...)``, ``hydra.sweeper.params.optim.lr=...``), in command-line order; None
-    when nothing is swept or the overrides do not parse (Hydra then reports them itself)."""
-    import hashlib
-
+def swept_keys(overrides: list[str]) -> list[str]:
+    """Keys a multirun's overrides sweep (``attention=mha,gqa``, ``optim.lr=range(...)``,
+    ``hydra.sweeper.params.optim.lr=...``), in command-line order; [] when the overrides do not
+    parse (Hydra then reports them itself)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:  # noqa: BLE001 - any parse error is Hydra's to report, with its own message
-        return None
+        return []
     keys = []
     for o in parsed:
         key = o.key_or_group
@@ -438,9 +445,16 @@ def sweep_name_from_overrides(overrides: list[str]) -> str | None:
             key = key[len("hydra.sweeper.params."):]
         elif not o.is_sweep_override() or key.startswith("hydra"):
             continue
-        key = key.replace("/", "_")
         if key not in keys:
             keys.append(key)
+    return keys
+
+
+def sweep_name_from_overrides(overrides: list[str]) -> str | None:
+    """``sweep-<key>-<key>`` from the swept keys (``swept_keys``); None when nothing is swept."""
+    import hashlib
+
+    keys = [k.replace("/", "_") for k in swept_keys(overrides)]
     if not keys:
         return None
     name = "sweep-" + "-".join(keys)
@@ -462,7 +476,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
       own sweep) gets ``sweep_name=sweep-<swept keys>``, so two different sweeps never share a folder.
       Every job receives it as an ordinary override (excluded from run names), which is why this is
       done here and not by a resolver: Hydra resolves the sweep folder again inside each job, where
-      only that job's single values are visible.
+      only that job's single values are visible. For the same reason the swept keys travel to each
+      job as ``hydra.job.env_set.LMLAB_SWEPT_KEYS`` (read by the run-name resolver, and harmless
+      as an environment variable).
     """
     out = [argv[0]]
     for a in argv[1:]:
@@ -476,12 +492,15 @@ def prepare_argv(argv: list[str]) -> list[str]:
     args = out[1:]
     multirun = any(a in ("-m", "--multirun") or a == "hydra.mode=MULTIRUN" for a in args)
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
-    named = any(re.match(r"\+{0,2}(sweep_name|experiment)=", a) for a in overrides)
-    if multirun and not named:
-        name = sweep_name_from_overrides(overrides)
-        if name:  # beside the other overrides: argparse takes them as one run of positionals
-            last = max(i for i, a in enumerate(out) if i > 0 and a in overrides)
-            out.insert(last + 1, f"sweep_name={name}")
+    keys = swept_keys(overrides) if multirun else []
+    extra = []
+    if keys and not any(re.match(r"\+{0,2}(sweep_name|experiment)=", a) for a in overrides):
+        extra.append(f"sweep_name={sweep_name_from_overrides(overrides)}")
+    if keys and not any(SWEPT_ENV in a for a in overrides):  # run names put these keys first
+        extra.append(f"+hydra.job.env_set.{SWEPT_ENV}='{','.join(keys)}'")
+    if extra:  # beside the other overrides: argparse takes them as one run of positionals
+        last = max(i for i, a in enumerate(out) if i > 0 and a in overrides)
+        out[last + 1:last + 1] = extra
     return out
 
 

@@ -82,14 +82,27 @@ def test_sweep_names_from_swept_keys():
 
 def test_prepare_argv_names_ad_hoc_sweeps_only():
     argv = ["train.py", "-m", "attention=mha,gqa", "pos=rope,rope2d"]
-    assert prepare_argv(argv) == [*argv, "sweep_name=sweep-attention-pos"]
-    # argparse needs the overrides contiguous: the name goes beside them, before a trailing flag
+    env = "+hydra.job.env_set.LMLAB_SWEPT_KEYS='attention,pos'"
+    assert prepare_argv(argv) == [*argv, "sweep_name=sweep-attention-pos", env]
+    # argparse needs the overrides contiguous: the additions go beside them, before a trailing flag
     assert prepare_argv(["train.py", "attention=mha,gqa", "-m"]) == \
-        ["train.py", "attention=mha,gqa", "sweep_name=sweep-attention", "-m"]
-    for kept in (["train.py", "-m", "attention=mha,gqa", "sweep_name=mine"],
-                 ["train.py", "-m", "experiment=continuation_quick", "seed=1,2"],
-                 ["train.py", "attention=mha"]):
+        ["train.py", "attention=mha,gqa", "sweep_name=sweep-attention",
+         "+hydra.job.env_set.LMLAB_SWEPT_KEYS='attention'", "-m"]
+    # a named sweep keeps its name; its jobs still name the swept keys first
+    assert prepare_argv(["train.py", "-m", "attention=mha,gqa", "sweep_name=mine"])[-1] == \
+        "+hydra.job.env_set.LMLAB_SWEPT_KEYS='attention'"
+    assert prepare_argv(["train.py", "-m", "experiment=continuation_quick", "seed=1,2"])[-1] == \
+        "+hydra.job.env_set.LMLAB_SWEPT_KEYS='seed'"
+    for kept in (["train.py", "attention=mha,gqa"], ["train.py", "attention=mha"], ["train.py", "-m", "seed=1"]):
         assert prepare_argv(kept) == kept
+
+
+def test_swept_keys_lead_the_name():
+    ov = ["attention=mla", "pos=rope2d", "model.d_model=64", "optim.lr=0.01"]
+    assert run_name_from_overrides(ov, EXCLUDE, {"optim.lr": "interval(0.001,0.1)"}) == \
+        "optim.lr=0.01,attention=mla,pos=rope2d,model.d_model=64"
+    assert run_name_from_overrides(ov, EXCLUDE, None, {"LMLAB_SWEPT_KEYS": "model.d_model,pos"}) == \
+        "model.d_model=64,pos=rope2d,attention=mla,optim.lr=0.01"
 
 
 def test_prepare_argv_quotes_resume_values_hydra_would_parse():
@@ -124,7 +137,7 @@ def test_adhoc_multirun_gets_a_named_sweep_and_resume_takes_an_unquoted_path(tin
     assert r.returncode == 0, r.stderr[-2000:]
     sweep = tmp_path / "sweep-attention"
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert [j.split(",")[0] for j in jobs] == ["attention=gqa", "attention=mha"], jobs
+    assert [j.split(",")[0] for j in jobs] == ["attention=gqa", "attention=mha"], jobs  # swept key first
     assert not any("num_threads" in j or "progress_bar" in j for j in jobs)
     summary = json.loads((sweep / jobs[0] / "summary.json").read_text())
     assert summary["sweep_name"] == "sweep-attention"
