@@ -30,9 +30,15 @@ class Tiny(L.LightningModule):
         self.w = torch.nn.Linear(4, 1)
         self.val_curve = list(val_curve or [])
         self.logged_bpb: dict[int, float] = {}
+        self.losses: dict[int, float] = {}
+        self.count_tokens = False
+        self.tokens_seen = 0
 
     def training_step(self, batch, batch_idx):
         loss = self.w(batch[0]).pow(2).mean()
+        self.losses[self.global_step + 1] = loss.item()  # keyed by the step count after this update
+        if self.count_tokens:
+            self.tokens_seen += 1000
         self.log("train/loss", loss.detach())
         self.log("train/tokens_per_sec", 1234.0)
         return loss
@@ -82,6 +88,7 @@ def test_lines_when_stdout_is_not_a_terminal(capsys):
     cb = progress_callback(_run())  # capsys: stdout is not a tty
     assert isinstance(cb, LineProgress)
     module = Tiny()
+    del module.tokens_seen  # a module without a token count: the logged train/tokens_per_sec is shown
     _trainer(60, [cb]).fit(module)
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
     val_steps = {20, 40, 60}
@@ -99,6 +106,23 @@ def test_lines_when_stdout_is_not_a_terminal(capsys):
         else:
             assert "val bpb" not in x, x
     assert lines[-1].endswith("ETA 0s")
+    # loss: the mean over the steps since the previous line, not one (possibly stale) logged step
+    prev = 0
+    for x, s in zip(lines, steps):
+        want = sum(module.losses[i] for i in range(prev + 1, s + 1)) / (s - prev)
+        assert f"loss {want:.4f}" in x, (x, want)
+        prev = s
+
+
+def test_tokens_per_sec_measured_from_the_modules_token_count(capsys):
+    module = Tiny()
+    module.count_tokens = True
+    _trainer(40, [LineProgress(every=10)]).fit(module)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    assert len(lines) == 4
+    for x in lines:
+        tps = float(re.search(r"\| ([\d,]+) tok/s", x).group(1).replace(",", ""))
+        assert tps > 0 and tps != 1234, x  # 1000 tokens per step over the callback's clock
 
 
 def test_bar_counts_steps_with_named_metrics(capsys):

@@ -4,12 +4,17 @@
   ``print_every(max_steps)`` steps -- a round number (1, 2, 5 x 10^k) chosen so a run prints 20-50
   lines -- and one at every validation, each with step/max, train loss, val bits/byte (only when a
   validation ran since the previous line, so a stale figure is never shown as new), tokens/s, elapsed
-  time and ETA. Times come from the callback's own clock, started when this process began training
-  (a resumed run's ETA extrapolates from its own steps, not the killed run's). Figures come from the
-  module's logged metrics (``train/loss``, ``val/bpb``, ``train/tokens_per_sec``); a metric the
-  module does not log is left out of the line, never printed as a placeholder. Rank zero prints.
+  time and ETA. Loss and tokens/s cover the steps since the previous line, not one logged step:
+  loss is the mean of the loss each training step returned (the optimized objective, so it includes
+  auxiliary terms such as VQ's commitment loss), tokens/s the growth of the module's
+  ``tokens_seen`` over the callback's own clock. Without those, the module's logged
+  ``train/loss`` and ``train/tokens_per_sec`` are shown; val bits/byte is the logged ``val/bpb``.
+  A figure that is unavailable is left out of the line, never printed as a placeholder. The clock
+  starts when this process begins training (a resumed run's ETA extrapolates from its own steps,
+  not the killed run's). Rank zero prints.
 - ``StepBar`` (a terminal): Lightning's tqdm bar counting optimizer steps against ``max_steps``
-  (not batches of an epoch, so never ``Epoch 0/-2``), with named metrics (loss, val bpb, tok/s),
+  (not batches of an epoch, so never ``Epoch 0/-2``), with named metrics (this step's loss, the
+  last val bpb, the logged tok/s),
   no ``v_num`` and no ``*_bar`` duplicates. A terminal that reports no width gets 100 columns.
 - ``progress_callback(run)`` picks one of the two (``trainer.progress_bar``: null = bar in a
   terminal, lines otherwise; true = bar; false = lines).
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -83,6 +89,12 @@ class LineProgress(L.Callback):
         self._val_printed = True
         self._t0 = None
         self._step0 = 0
+        self._loss_sum = None  # tensor: summed without a device sync per step
+        self._loss_n = 0
+        self._mark = None  # (time, tokens_seen) at the previous line
+        self._loss = self._tps = None  # figures of the pending line
+        self._val_t0 = None
+        self._val_time = 0.0  # validation seconds inside the current interval (not training time)
 
     def _emit(self, line: str) -> None:
         if self._out is not None:
@@ -95,19 +107,20 @@ class LineProgress(L.Callback):
             self.every = print_every(trainer.max_steps)
         self._t0 = time.perf_counter()
         self._step0 = trainer.global_step
+        self._mark = (self._t0, getattr(pl_module, "tokens_seen", None))
 
     def line(self, trainer, step: int | None = None) -> str:
         step = trainer.global_step if step is None else step
         total = trainer.max_steps
         parts = [f"step {step}/{total}" if total and total > 0 else f"step {step}"]
-        loss = _metric(trainer, LOSS)
+        loss = self._loss if self._loss is not None else _metric(trainer, LOSS)
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         if not self._val_printed:
             bpb = _metric(trainer, VAL_BPB)
             if bpb is not None:
                 parts.append(f"val bpb {bpb:.4f}")
-        tps = _metric(trainer, TOK_S)
+        tps = self._tps if self._tps is not None else _metric(trainer, TOK_S)
         if tps is not None:
             parts.append(f"{tps:,.0f} tok/s")
         if self._t0 is not None:
@@ -128,15 +141,40 @@ class LineProgress(L.Callback):
         self._flush(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_n += 1
         step = trainer.global_step
         if step % (self.every or 1) == 0 or step == trainer.max_steps:
+            self._close_interval(pl_module)
             self._pending = step  # printed at the next batch, or merged into a validation line
+
+    def _close_interval(self, pl_module) -> None:
+        """Figures over the steps since the previous line; the next interval starts now."""
+        if self._loss_n:
+            v = float(self._loss_sum) / self._loss_n
+            self._loss = v if math.isfinite(v) else None
+        self._loss_sum, self._loss_n = None, 0
+        now, tokens = time.perf_counter(), getattr(pl_module, "tokens_seen", None)
+        busy = now - self._mark[0] - self._val_time if self._mark is not None else 0.0
+        if tokens is not None and self._mark is not None and self._mark[1] is not None and busy > 0:
+            self._tps = (tokens - self._mark[1]) / busy
+        self._mark, self._val_time = (now, tokens), 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        self._val_t0 = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
+        if self._val_t0 is not None:
+            self._val_time += time.perf_counter() - self._val_t0
+            self._val_t0 = None
         self._val_printed = False
-        self._pending = trainer.global_step
+        if self._pending is None:  # a validation outside the step lines (the final one after fit)
+            self._pending = trainer.global_step
         self._flush(trainer)
 
     def on_train_end(self, trainer, pl_module):
@@ -176,7 +214,11 @@ class StepBar(TQDMProgressBar):
         n = trainer.global_step
         if bar is not None and self._should_update(n, bar.total):
             bar.n = n
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+            items = self.get_metrics(trainer, pl_module)
+            loss = outputs.get("loss") if isinstance(outputs, dict) else None
+            if isinstance(loss, torch.Tensor):  # this step's loss, not the last logged one
+                items = {"loss": f"{float(loss):.4f}", **{k: v for k, v in items.items() if k != "loss"}}
+            bar.set_postfix(items, refresh=True)
 
 
 def progress_callback(run, isatty: bool | None = None) -> L.Callback:
