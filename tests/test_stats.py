@@ -137,3 +137,27 @@ def test_constant_columns_are_dropped():
             {"variant": "b", "d_model": 64, "val_bpb": 1.2, "note": None}]
     assert drop_constant(rows) == [{"variant": "a", "val_bpb": 1.0}, {"variant": "b", "val_bpb": 1.2}]
     assert drop_constant(rows, keep=["d_model"])[0] == {"variant": "a", "d_model": 64, "val_bpb": 1.0}
+
+
+def test_identity_keys_cover_the_run_name_exclusions():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from lmlab.config import CONF_DIR
+    from lmlab.eval.stats import IDENTITY
+
+    exclude = OmegaConf.load(Path(CONF_DIR) / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+    assert set(exclude) <= set(IDENTITY)
+
+
+def test_summary_rows_for_the_report_table():
+    from lmlab.eval.stats import summary_rows
+
+    rows = {r["variant"]: r for r in summary_rows(GRID, baseline="mha / rope")}
+    assert list(rows) == ["mha / rope", "mha / rope2d", "mla / rope", "mla / rope2d"]
+    b = rows["mha / rope"]
+    assert b["diff"] == 0.0 and b["lo"] is None and not b["beyond_noise"] and b["n"] == 4
+    r = rows["mla / rope"]
+    assert r["diff"] == pytest.approx(-0.10) and r["lo"] == pytest.approx(-0.10) and r["beyond_noise"]
+    assert r["mean"] == pytest.approx(1.90 + sum(SEED_EFFECT.values()) / 4) and r["std"] > 0.1

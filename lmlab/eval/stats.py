@@ -300,3 +300,23 @@ def drop_constant(rows: list[dict], keep: Iterable[str] = ()) -> list[dict]:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     vary = [c for c in cols if c in keep or len({repr(r.get(c)) for r in rows}) > 1]
     return [{c: r.get(c) for c in vary} for r in rows]
+
+
+def summary_rows(runs: Sequence, metric: str = "val_bpb", baseline: str | dict | None = None,
+                 n_resamples: int = 10_000, seed: int = 0) -> list[dict]:
+    """One row per variant for a report table: ``variant``, ``n``, ``mean``, ``std`` (None for
+    n = 1), and against the baseline ``diff`` (paired mean), ``lo``/``hi`` (95% interval, None
+    below two pairs), ``pairs`` and ``beyond_noise`` (the interval excludes 0); the baseline row
+    has ``diff = 0.0`` and no interval."""
+    vs = variants(runs, metric)
+    base = _find(vs, baseline)
+    diffs = {d.label: d for d in compare(vs, base.label, metric, n_resamples, seed=seed)}
+    rows = []
+    for v in vs:
+        d = diffs.get(v.label)
+        rows.append({
+            "variant": v.label, "n": v.n, "mean": v.mean, "std": v.std,
+            "diff": 0.0 if v is base else d.mean, "lo": d.lo if d else None, "hi": d.hi if d else None,
+            "pairs": v.n if v is base else d.n_pairs, "beyond_noise": bool(d and d.significant),
+        })
+    return rows
