@@ -466,6 +466,17 @@ def sweep_name_from_overrides(overrides: list[str]) -> str | None:
 _UNSAFE_UNQUOTED = re.compile(r"[=,\[\]{}()\s'\"$]")
 
 
+def quote_resume(override: str) -> str:
+    """``resume=VALUE`` with VALUE quoted for Hydra's grammar when it holds ``=``, ``,``, brackets,
+    spaces or quotes (a path or run name, taken verbatim); any other override unchanged."""
+    m = re.fullmatch(r"(\+{0,2}resume)=(.*)", override, re.S)
+    if not m or not m.group(2) or m.group(2)[0] in "'\"" or not _UNSAFE_UNQUOTED.search(m.group(2)):
+        return override
+    value = m.group(2)
+    q = "'" if "'" not in value else '"'
+    return override if q in value else f"{m.group(1)}={q}{value}{q}"
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """Command-line fixes applied before Hydra parses ``argv`` (train.py):
 
@@ -480,15 +491,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
       job as ``hydra.job.env_set.LMLAB_SWEPT_KEYS`` (read by the run-name resolver, and harmless
       as an environment variable).
     """
-    out = [argv[0]]
-    for a in argv[1:]:
-        m = re.fullmatch(r"(\+{0,2}resume)=(.*)", a, re.S)
-        if m and m.group(2) and m.group(2)[0] not in "'\"" and _UNSAFE_UNQUOTED.search(m.group(2)):
-            value = m.group(2)
-            q = "'" if "'" not in value else '"'
-            if q not in value:
-                a = f"{m.group(1)}={q}{value}{q}"
-        out.append(a)
+    out = [argv[0], *(quote_resume(a) for a in argv[1:])]
     args = out[1:]
     multirun = any(a in ("-m", "--multirun") or a == "hydra.mode=MULTIRUN" for a in args)
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
@@ -535,7 +538,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), validate: bool = True):
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, replace=True)
-    overrides = list(overrides)
+    overrides = [quote_resume(o) for o in overrides]
     if not any(o.startswith("run_name=") for o in overrides):
         overrides.append("run_name=composed")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -116,6 +116,11 @@ def test_prepare_argv_quotes_resume_values_hydra_would_parse():
     assert o.value() == p
 
 
+def test_compose_takes_unquoted_resume_paths(compose):
+    p = "outputs/attention=mla,pos=rope2d/checkpoints/last.ckpt"
+    assert compose([f"resume={p}"]).resume == p
+
+
 def test_resume_target_accepts_run_names_and_dirs(tmp_path):
     run = tmp_path / "attention=mla,pos=rope2d"
     (run / "checkpoints").mkdir(parents=True)
