@@ -216,3 +216,38 @@ def test_wandb_offline_run_prints_no_banner_or_deprecation(tmp_path, monkeypatch
     out = capfd.readouterr()
     assert "wandb:" not in out.out + out.err, out
     assert not [w for w in caught if "deprecat" in str(w.message).lower()]
+
+
+@pytest.mark.slow
+def test_bar_draws_in_a_pty_that_reports_no_size():
+    """A fresh pty is 0 x 0; tqdm alone reads -1 rows there and draws nothing (issue 13)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    child = ("import sys; sys.path.insert(0, 'tests'); import test_progress as tp; "
+             "from lmlab.train.progress import progress_callback; cb = progress_callback(tp._run()); "
+             "assert type(cb).__name__ == 'StepBar', cb; tp._trainer(5, [cb], val_every=5, bar=True).fit(tp.Tiny())")
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    p = subprocess.Popen([sys.executable, "-c", child], stdout=slave, stderr=subprocess.PIPE, cwd=root, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the pty
+            break
+        if not chunk:
+            break
+        out += chunk
+    err = p.communicate(timeout=120)[1]
+    os.close(master)
+    assert p.returncode == 0, err.decode()[-2000:]
+    text = out.decode(errors="replace")
+    assert "train: 100%" in text and "5/5" in text and "loss=" in text, text[-1000:]

@@ -15,7 +15,7 @@
 - ``StepBar`` (a terminal): Lightning's tqdm bar counting optimizer steps against ``max_steps``
   (not batches of an epoch, so never ``Epoch 0/-2``), with named metrics (this step's loss, the
   last val bpb, the logged tok/s),
-  no ``v_num`` and no ``*_bar`` duplicates. A terminal that reports no width gets 100 columns.
+  no ``v_num`` and no ``*_bar`` duplicates. A terminal that reports no size gets 100 x 24.
 - ``progress_callback(run)`` picks one of the two (``trainer.progress_bar``: null = bar in a
   terminal, lines otherwise; true = bar; false = lines).
 - ``start_block(...)`` formats the composed choices printed once at start.
@@ -194,12 +194,21 @@ class StepBar(TQDMProgressBar):
                 items[name] = f"{v:,.0f}" if key == TOK_S else f"{v:.4f}"
         return items
 
-    def init_train_tqdm(self):
-        bar = super().init_train_tqdm()
-        if shutil.get_terminal_size((0, 0)).columns <= 0:  # a pty without a width draws nothing
+    @staticmethod
+    def _sized(bar):
+        # A pty that reports no size (0 x 0: some job runners, `script`, containers) makes tqdm
+        # measure -1 rows and draw nothing; give it a fixed 100 x 24 instead.
+        cols, rows = shutil.get_terminal_size((0, 0))
+        if cols <= 0 or rows <= 0:
             bar.dynamic_ncols = False
-            bar.ncols = 100
+            bar.ncols, bar.nrows = 100, 24
         return bar
+
+    def init_train_tqdm(self):
+        return self._sized(super().init_train_tqdm())
+
+    def init_validation_tqdm(self):
+        return self._sized(super().init_validation_tqdm())
 
     def on_train_epoch_start(self, trainer, *_):
         bar = self.train_progress_bar
