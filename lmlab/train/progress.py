@@ -7,7 +7,8 @@
   time and ETA. Loss and tokens/s cover the steps since the previous line, not one logged step:
   loss is the mean of the loss each training step returned (the optimized objective, so it includes
   auxiliary terms such as VQ's commitment loss), tokens/s the growth of the module's
-  ``tokens_seen`` over the callback's own clock. Without those, the module's logged
+  ``tokens_seen`` (per rank, times the world size) over the callback's own clock, validation time
+  excluded. Without those, the module's logged
   ``train/loss`` and ``train/tokens_per_sec`` are shown; val bits/byte is the logged ``val/bpb``.
   A figure that is unavailable is left out of the line, never printed as a placeholder. The clock
   starts when this process begins training (a resumed run's ETA extrapolates from its own steps,
@@ -85,7 +86,6 @@ class LineProgress(L.Callback):
         self.every = every
         self._out = out
         self._pending: int | None = None  # step whose line waits (a validation may follow it)
-        self._last_val_step: int | None = None
         self._val_printed = True
         self._t0 = None
         self._step0 = 0
@@ -148,10 +148,10 @@ class LineProgress(L.Callback):
             self._loss_n += 1
         step = trainer.global_step
         if step % (self.every or 1) == 0 or step == trainer.max_steps:
-            self._close_interval(pl_module)
+            self._close_interval(trainer, pl_module)
             self._pending = step  # printed at the next batch, or merged into a validation line
 
-    def _close_interval(self, pl_module) -> None:
+    def _close_interval(self, trainer, pl_module) -> None:
         """Figures over the steps since the previous line; the next interval starts now."""
         if self._loss_n:
             v = float(self._loss_sum) / self._loss_n
@@ -160,7 +160,8 @@ class LineProgress(L.Callback):
         now, tokens = time.perf_counter(), getattr(pl_module, "tokens_seen", None)
         busy = now - self._mark[0] - self._val_time if self._mark is not None else 0.0
         if tokens is not None and self._mark is not None and self._mark[1] is not None and busy > 0:
-            self._tps = (tokens - self._mark[1]) / busy
+            # tokens_seen counts this rank's batches; every rank reads its own share
+            self._tps = (tokens - self._mark[1]) * trainer.world_size / busy
         self._mark, self._val_time = (now, tokens), 0.0
 
     def on_validation_start(self, trainer, pl_module):
