@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tune_quick_composes_with_the_optuna_sweeper(compose):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the [tune] extra is not installed")
     r = subprocess.run([sys.executable, "train.py", "experiment=tune_quick", "--cfg", "hydra"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -27,7 +26,6 @@ def test_tune_quick_composes_with_the_optuna_sweeper(compose):
 
 @pytest.mark.slow
 def test_two_trial_optuna_sweep_reports_the_best_run(tiny_overrides, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the [tune] extra is not installed")
     args = [a for a in tiny_overrides if not a.startswith(("trainer.max_steps", "trainer.val_every"))]
     r = subprocess.run(
         [sys.executable, "train.py", "-m", "hydra/sweeper=optuna_lmlab", "hydra.sweeper.n_trials=2",
