@@ -11,6 +11,7 @@ One validation pass collects *every* problem -- unknown keys, wrong types, illeg
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -251,6 +252,14 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
+def did_you_mean(name: str, choices, prefix: str = "") -> str:
+    """'' or ' (did you mean `a.x` or `a.y`?)': the closest valid names, by difflib's ratio."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"`{prefix}{c}`" for c in close) + "?)"
+
+
 def from_dict(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     """Build dataclass ``cls`` from ``data``; append every problem (prefixed with ``path``)."""
     hints = typing.get_type_hints(cls)
@@ -258,9 +267,8 @@ def from_dict(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in fields:
-            problems.append(
-                f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(fields))})"
-            )
+            problems.append(f"{prefix}{key}: unknown key{did_you_mean(key, fields, prefix)} "
+                            f"(allowed: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
