@@ -133,6 +133,16 @@ class Transformer(nn.Module):
         """Cached numbers per token summed over layers (SPEC §9 formulas, per batch row)."""
         return sum(b.attn.cache_elems_per_token() for b in self.blocks)
 
+    def flops_per_token(self, context: Optional[int] = None, form: str = "prefill") -> int:
+        """Forward matmul FLOPs per token (one multiply-add = 2) at ``context`` keys (default
+        ``seq_len``): every layer's ``attn.flops_per_token`` (projections + attention in ``form``,
+        "prefill" or "decode"), the MLPs and the LM head. Norms, softmax, activations, rotary/bias and
+        the embedding lookup are not counted; training is about 3 x this (forward + backward)."""
+        L = self.cfg.seq_len if context is None else context
+        mlp = sum(2 * m.weight.numel() for b in self.blocks for m in b.mlp.modules() if isinstance(m, nn.Linear))
+        attn = sum(b.attn.flops_per_token(L, form) for b in self.blocks)
+        return attn + mlp + 2 * self.lm_head.weight.numel()
+
 
 def build_model(run, vocab_size: int) -> Transformer:
     return Transformer(run.model, run.attention, run.pos, vocab_size)
