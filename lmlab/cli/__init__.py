@@ -25,6 +25,7 @@ Checkpoints are loaded by ``load_checkpoint`` here, and nowhere else in the comm
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 import typing
@@ -164,9 +165,9 @@ def help_text(command: str, module) -> str:
         if f.metadata.get("required"):
             default = "(required)"
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = repr(f.default_factory())  # type: ignore[misc]
+            default = json.dumps(f.default_factory())  # type: ignore[misc]
         else:
-            default = "null" if f.default is None else repr(f.default)
+            default = json.dumps(f.default)  # as it is written on the command line: null, true, ""
         rows.append((f.name, _type_str(hints[f.name]), default, f.metadata.get("help", "")))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     keys = "\n".join(f"  {n:<{w[0]}}  {t:<{w[1]}}  {d:<{w[2]}}  {h}" for n, t, d, h in rows)

@@ -1,15 +1,15 @@
-"""Continuation probe CLI (SPEC §5): ``python -m lmlab.probe ckpt=PATH [heal=true] [k=1] [KEY=VALUE ...]``.
+"""Continuation probe (SPEC §5): ``python -m lmlab probe ckpt=PATH [heal=true] [k=1] [KEY=VALUE ...]``.
 
 - ``ckpt=PATH``: a checkpoint, or a run directory (its ``checkpoints/last.ckpt``). The model, its
-  tokenizer and its config come from the checkpoint (``lmlab.train.loading.load_checkpoint``); the
-  prompts from the run's held-out split (``lmlab.data.corpus.load_corpus``: same documents as the
-  run's validation).
+  tokenizer and its config come from the checkpoint (``lmlab.cli.load_checkpoint``); the prompts from
+  the run's held-out split (``lmlab.data.corpus.load_corpus``: same documents as the run's validation).
 - ``sweep=DIR``: probe every run directory under DIR that has ``checkpoints/last.ckpt`` and no
   ``probe.json`` yet (``force=true`` re-probes). This is how a sweep is probed after the fact when
   the training runs did not probe themselves.
-- ``heal=true k=1``: besides the plain metrics, report them with token healing backing off k tokens
-  (``heal=false``: plain only). Every other key is a ``ProbeConfig`` field (``n_prompts=200``,
-  ``context_tokens=64``, ``min_prob=1e-4``, ...), see ``lmlab.eval.probe``.
+- ``heal=true k=1`` (the default): besides the plain metrics, report them with token healing backing
+  off k tokens (``heal=false``: plain only; ``heal_k=[1,2]``: several). Every other key is a
+  ``ProbeConfig`` field (``n_prompts=200``, ``context_tokens=64``, ``min_prob=1e-4``, ...), see
+  ``lmlab.eval.probe``.
 - ``out=PATH``: where the JSON goes; default ``probe.json`` in the run directory when the checkpoint
   sits in ``<run_dir>/checkpoints/``, else beside the checkpoint. ``threads=N`` torch threads.
 
@@ -22,84 +22,65 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Optional
 
-from lmlab.eval.probe import METRICS, ProbeConfig, run_probe
+from lmlab.cli import ArgumentError, UsageError, arg, load_checkpoint, parse, resolve_ckpt
+from lmlab.config import ProbeConfig
+from lmlab.eval.probe import METRICS, run_probe
 
-CLI_KEYS = {"ckpt", "sweep", "heal", "k", "out", "threads", "force"}
+
+@dataclasses.dataclass
+class _Keys:
+    ckpt: Optional[str] = arg(None, "checkpoint file or run directory (or give sweep=)")
+    sweep: Optional[str] = arg(None, "probe every run directory under this one")
+    heal: bool = arg(True, "also probe with token healing")
+    k: int = arg(1, "tokens healing backs off")
+    heal_k: Optional[list[int]] = arg(None, "several healing variants, e.g. [1,2] (overrides heal/k)")
+    out: Optional[str] = arg(None, "output JSON (default: probe.json in the run directory)")
+    threads: Optional[int] = arg(None, "torch threads")
+    force: bool = arg(False, "with sweep=: re-probe runs that have a probe.json")
 
 
-def parse(argv: list[str]) -> tuple[dict, ProbeConfig]:
-    from omegaconf import OmegaConf
+# Args = the command's own keys, then every ProbeConfig setting (one definition of each default)
+_OWN = {f.name for f in dataclasses.fields(_Keys)} | {"enabled"}
+Args = dataclasses.make_dataclass(
+    "Args",
+    [(f.name, typing.get_type_hints(ProbeConfig)[f.name], arg(f.default if f.default is not dataclasses.MISSING else None,
+                          f"ProbeConfig.{f.name} (lmlab.config)",
+                          factory=f.default_factory if f.default_factory is not dataclasses.MISSING else None))
+     for f in dataclasses.fields(ProbeConfig) if f.name not in _OWN],
+    bases=(_Keys,),
+)
 
-    for a in argv:
-        if "=" not in a:
-            raise SystemExit(f"expected KEY=VALUE, got {a!r}\n\n{__doc__}")
-    args = OmegaConf.to_container(OmegaConf.from_dotlist(argv), resolve=True)
-    cli = {k: args.pop(k) for k in list(args) if k in CLI_KEYS}
-    fields = {f.name for f in dataclasses.fields(ProbeConfig)}
-    unknown = sorted(set(args) - fields)
-    if unknown:
-        raise SystemExit(f"unknown key(s) {', '.join(unknown)}; allowed: "
-                         f"{', '.join(sorted(CLI_KEYS | fields))}")
-    cfg = ProbeConfig(**args)
-    if "k" in cli or "heal" in cli:
-        heal = bool(cli.get("heal", True))
-        cfg.heal_k = [int(cli.get("k", 1))] if heal else []
+
+def parse_args(argv: list[str]):
+    """-> (Args, the ProbeConfig it sets); ArgumentError lists every problem."""
+    a = parse("probe", Args, argv).args
+    settings = {f.name: getattr(a, f.name) for f in dataclasses.fields(ProbeConfig) if f.name not in _OWN}
+    cfg = ProbeConfig(**settings)
+    cfg.heal_k = list(a.heal_k) if a.heal_k is not None else ([a.k] if a.heal else [])
     problems = dataclasses.replace(cfg, enabled=True).check(None)
+    if not a.ckpt and not a.sweep:
+        problems.append("ckpt: required (a checkpoint or run directory), or sweep=DIR")
     if problems:
-        raise SystemExit("invalid probe config:\n  - " + "\n  - ".join(problems))
-    return cli, cfg
+        raise ArgumentError("probe", problems)
+    return a, cfg
 
 
-def resolve_ckpt(path: str) -> tuple[Path, Path]:
-    """-> (checkpoint file, directory where probe.json goes)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.exists():
-        raise SystemExit(f"checkpoint not found: {p}")
-    out_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-    return p, out_dir
-
-
-def load(ckpt: Path, log=print):
-    """``load_checkpoint``, falling back to rebuilding the tokenizer from the run's config and the
-    tokenizer cache when the pickled tokenizer no longer loads (one pickled by an older lmlab)."""
-    from lmlab.train.loading import load_checkpoint
-
-    try:
-        return load_checkpoint(str(ckpt))
-    except (AttributeError, ImportError, TypeError) as e:
-        log(f"the checkpoint's pickled tokenizer does not load ({type(e).__name__}: {e}); "
-            "rebuilding it from the run config and the tokenizer cache")
-    import torch
-
-    from lmlab.config import ConfigError, RunConfig, from_dict, load_variants
-    from lmlab.data.corpus import build_tokenizer
-    from lmlab.model.transformer import build_model
-
-    load_variants()
-    state = torch.load(str(ckpt), map_location="cpu", weights_only=False)
-    problems: list[str] = []
-    run = from_dict(RunConfig, state["lmlab"]["config"], "", problems)
-    if problems:
-        raise ConfigError(problems)
-    tokenizer = build_tokenizer(run)
-    model = build_model(run, tokenizer.vocab_size)
-    weights = {k[len("model."):].replace("_orig_mod.", ""): v for k, v in state["state_dict"].items()
-               if k.startswith("model.")}
-    model.load_state_dict(weights)  # raises on a vocabulary mismatch
-    return model.eval(), tokenizer, run
+def resolve_out(ckpt: Path) -> Path:
+    """Where probe.json goes: the run directory when the checkpoint sits in <run_dir>/checkpoints/."""
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "probe.json"
 
 
 def probe_checkpoint(ckpt: Path, cfg: ProbeConfig, out: Path, log=print) -> dict:
     from lmlab.data.corpus import load_corpus
 
-    model, tokenizer, run = load(ckpt, log)
+    model, tokenizer, run = load_checkpoint(ckpt, log)
     problems = dataclasses.replace(cfg, enabled=True).check(run)
     if problems:
-        raise SystemExit("invalid probe config for this model:\n  - " + "\n  - ".join(problems))
+        raise ArgumentError("probe", [f"for this model ({ckpt}): {p}" for p in problems])
     val = load_corpus(run).val["text"]
     res = run_probe(model, tokenizer, val, cfg)
     res["checkpoint"] = str(ckpt)
@@ -134,26 +115,20 @@ def format_result(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    cli, cfg = parse(sys.argv[1:] if argv is None else argv)
-    if cli.get("threads"):
-        torch.set_num_threads(int(cli["threads"]))
-    if cli.get("sweep"):
-        runs = sorted(p.parent.parent for p in Path(cli["sweep"]).rglob("checkpoints/last.ckpt"))
+    a, cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.sweep:
+        runs = sorted(p.parent.parent for p in Path(a.sweep).rglob("checkpoints/last.ckpt"))
         if not runs:
-            raise SystemExit(f"no run directory with checkpoints/last.ckpt under {cli['sweep']}")
+            raise UsageError(f"no run directory with checkpoints/last.ckpt under {a.sweep}")
         for rd in runs:
-            if (rd / "probe.json").exists() and not cli.get("force"):
+            if (rd / "probe.json").exists() and not a.force:
                 print(f"skip {rd} (probe.json exists; force=true to redo)")
                 continue
             print(f"== {rd}")
             probe_checkpoint(rd / "checkpoints" / "last.ckpt", cfg, rd / "probe.json")
         return 0
-    if not cli.get("ckpt"):
-        raise SystemExit(__doc__)
-    ckpt, out_dir = resolve_ckpt(str(cli["ckpt"]))
-    probe_checkpoint(ckpt, cfg, Path(cli["out"]) if cli.get("out") else out_dir / "probe.json")
+    ckpt = resolve_ckpt(a.ckpt)
+    probe_checkpoint(ckpt, cfg, Path(a.out) if a.out else resolve_out(ckpt))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

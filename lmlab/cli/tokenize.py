@@ -1,37 +1,46 @@
-"""Look at segmentations: ``python -m lmlab.tokenize train|encode|samples|stats``.
+"""Look at segmentations: ``python -m lmlab tokenize train|encode|samples|stats [key=value ...]``.
 
-The tokenizer comes from ``--model PATH`` (a SentencePiece *unigram* .model, segmented by lmlab's
-``tokenizer=unigram``, or a BytePiece ``.json`` model, ``tokenizer=bytepiece``) or, without it, from the run config composed from conf/ with Hydra overrides,
-exactly as training builds it (trained on the configured corpus, or loaded from the cache)::
+The tokenizer comes from ``model=PATH`` (a SentencePiece *unigram* .model, segmented by lmlab's
+``tokenizer=unigram``, or a BytePiece ``.json`` model, ``tokenizer=bytepiece``) or, without it, from the
+run config composed from conf/ with training overrides (every key that is not this command's), exactly
+as training builds it (trained on the configured corpus, or loaded from the cache)::
 
-    python -m lmlab.tokenize train tokenizer=unigram data=pystdlib tokenizer.vocab_size=1000
-    echo "def f(x): return x" | python -m lmlab.tokenize encode --model sp.model --pieces
-    echo "hello" | python -m lmlab.tokenize encode tokenizer=unigram --mode sample --alpha 0.2 --seed 1
-    python -m lmlab.tokenize samples "subword regularization" -n 8 --model sp.model --alpha 0.1
-    python -m lmlab.tokenize stats corpus.txt --model sp.model --mode sample
+    python -m lmlab tokenize train tokenizer=unigram data=pystdlib tokenizer.vocab_size=1000
+    echo "def f(x): return x" | python -m lmlab tokenize encode model=sp.model pieces=true
+    echo "hello" | python -m lmlab tokenize encode tokenizer=unigram mode=sample alpha=0.2 seed=1
+    python -m lmlab tokenize samples "subword regularization" n=8 model=sp.model alpha=0.1
+    python -m lmlab tokenize stats corpus.txt model=sp.model mode=sample
 
-``--mode/--alpha`` apply to ``tokenizer=unigram|bytepiece`` (and ``--model``); any other configured
-tokenizer encodes as configured. ``encode`` draws every line's segmentation from one generator seeded with
-``--seed``, so the output is reproducible. Input that is not valid UTF-8 is decoded with U+FFFD.
+``samples`` takes its sentence and ``stats`` its file as the argument after the action (or ``text=``,
+``file=``). ``mode``/``alpha`` apply to ``tokenizer=unigram|bytepiece`` (and ``model=``); any other
+configured tokenizer encodes as configured. ``encode`` draws every line's segmentation from one
+generator seeded with ``seed``, so the output is reproducible. Input that is not valid UTF-8 is
+decoded with U+FFFD.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from lmlab.cli import UsageError, arg, compose_run, parse
+from lmlab.config import did_you_mean
 from lmlab.tokenizers.lattice import MODES
 
 
 def load_tokenizer(model: str | None, overrides: list[str]):
-    """A tokenizer from a .model file or from the composed config (training it if needed)."""
+    """A tokenizer from a model file or from the composed config (training it if needed)."""
     if model:
         if overrides:
-            raise SystemExit(f"give either --model or config overrides, not both ({' '.join(overrides)})")
+            raise UsageError(f"give either model= or config overrides, not both ({' '.join(overrides)})")
+        if not Path(model).is_file():
+            raise UsageError(f"model={model}: no such file")
         if model.endswith(".json"):  # a BytePiece model
             from lmlab.tokenizers.bytepiece import BytePieceTokenizer
 
@@ -39,10 +48,9 @@ def load_tokenizer(model: str | None, overrides: list[str]):
         from lmlab.tokenizers.unigram import UnigramConfig, UnigramTokenizer
 
         return UnigramTokenizer(model, UnigramConfig())
-    from lmlab.config import compose
     from lmlab.data.corpus import build_tokenizer
 
-    return build_tokenizer(compose(overrides))
+    return build_tokenizer(compose_run(overrides))
 
 
 def with_mode(tok, mode: str | None, alpha: float | None):
@@ -50,11 +58,11 @@ def with_mode(tok, mode: str | None, alpha: float | None):
     if mode is None and alpha is None:
         return tok
     if not hasattr(tok, "with_mode"):
-        raise SystemExit(f"--mode/--alpha need tokenizer=unigram (or --model); this is {type(tok).__name__}")
+        raise UsageError(f"mode/alpha need tokenizer=unigram or bytepiece (or model=); this is {type(tok).__name__}")
     try:
         return tok.with_mode(mode, alpha)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UsageError(str(e)) from None
 
 
 def piece_str(tok, i: int) -> str:
@@ -104,6 +112,8 @@ def chunks(text: str, size: int = 4000) -> Iterable[str]:
 
 
 def cmd_stats(tok, args, out) -> None:
+    if not Path(args.file).is_file():
+        raise UsageError(f"file={args.file}: no such file")
     with open(args.file, "rb") as f:
         text = f.read().decode("utf-8", "replace")
     docs = list(chunks(text))
@@ -133,43 +143,49 @@ def cmd_train(tok, args, out) -> None:
     out.write(f"{type(tok).__name__}: " + ", ".join(f"{k}={v}" for k, v in d.items()) + "\n")
 
 
+ACTIONS = {"train": cmd_train, "encode": cmd_encode, "samples": cmd_samples, "stats": cmd_stats}
+USAGE = "python -m lmlab tokenize train|encode|samples TEXT|stats FILE [key=value ...] [training overrides]"
+
+
+@dataclass
+class Args:
+    model: Optional[str] = arg(None, "a SentencePiece unigram .model or BytePiece .json (else: the configured tokenizer)")
+    mode: Optional[str] = arg(None, f"segmentation mode: {', '.join(MODES)}")
+    alpha: Optional[float] = arg(None, "sampling sharpness (mode=sample)")
+    seed: int = arg(0, "seed of the segmentation sampler")
+    pieces: bool = arg(False, "encode: print pieces instead of ids")
+    text: Optional[str] = arg(None, "samples: the sentence (or the argument after the action)")
+    n: int = arg(8, "samples: how many sampled segmentations")
+    file: Optional[str] = arg(None, "stats: the text file (or the argument after the action)")
+    top: int = arg(10, "stats: how many of the most frequent tokens to list")
+
+    def check(self) -> list[str]:
+        p = []
+        if self.mode is not None and self.mode not in MODES:
+            p.append(f"mode={self.mode} is not one of {', '.join(MODES)}{did_you_mean(self.mode, MODES)}")
+        if self.n < 1:
+            p.append(f"n={self.n} must be >= 1")
+        return p
+
+
 def main(argv: list[str] | None = None, out=None) -> None:
     out = out or sys.stdout
-    p = argparse.ArgumentParser(prog="python -m lmlab.tokenize", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    def common(sp, sampling=True):
-        sp.add_argument("--model", help="a SentencePiece unigram .model (else: the configured tokenizer)")
-        if sampling:
-            sp.add_argument("--mode", choices=MODES)
-            sp.add_argument("--alpha", type=float)
-            sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. tokenizer=unigram data=pystdlib")
-
-    common(sub.add_parser("train", help="train (or load from the cache) the configured tokenizer"), False)
-    e = sub.add_parser("encode", help="stdin lines -> ids (or --pieces) per line")
-    e.add_argument("--pieces", action="store_true")
-    common(e)
-    s = sub.add_parser("samples", help="N sampled segmentations of one sentence")
-    s.add_argument("text")
-    s.add_argument("-n", type=int, default=8)
-    common(s)
-    st = sub.add_parser("stats", help="bytes per token and vocabulary use on a text file")
-    st.add_argument("file")
-    st.add_argument("--top", type=int, default=10)
-    common(st)
-    args, rest = p.parse_known_args(argv)  # overrides may also follow the options
-    flags = [r for r in rest if r.startswith("-")]
-    if flags:
-        p.error(f"unrecognized arguments: {' '.join(flags)}")
-    args.overrides = list(args.overrides) + rest
-
-    tok = load_tokenizer(args.model, args.overrides)
-    if args.cmd != "train":
+    p = parse("tokenize", Args, sys.argv[1:] if argv is None else argv, positional=True, overrides=True)
+    args, pos = p.args, list(p.positional)
+    if not pos or pos[0] not in ACTIONS:
+        got = f" {pos[0]!r}" if pos else ""
+        raise UsageError(f"tokenize needs an action{got}{did_you_mean(pos[0], ACTIONS) if pos else ''}: "
+                         f"one of {', '.join(ACTIONS)}")
+    action, extra = pos[0], pos[1:]
+    slot = {"samples": "text", "stats": "file"}.get(action)
+    if extra and (slot is None or getattr(args, slot) is not None or len(extra) > 1):
+        raise UsageError(f"tokenize {action}: unexpected argument(s) {' '.join(map(repr, extra))}")
+    if extra:
+        setattr(args, slot, extra[0])
+    if slot and getattr(args, slot) is None:
+        raise UsageError(f"tokenize {action} needs {'a sentence' if slot == 'text' else 'a file'} "
+                         f"(after the action, or {slot}=...)")
+    tok = load_tokenizer(args.model, p.overrides)
+    if action != "train":
         tok = with_mode(tok, args.mode, args.alpha)
-    {"train": cmd_train, "encode": cmd_encode, "samples": cmd_samples, "stats": cmd_stats}[args.cmd](
-        tok, args, out)
-
-
-if __name__ == "__main__":
-    main()
+    ACTIONS[action](tok, args, out)

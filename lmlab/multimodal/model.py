@@ -123,10 +123,10 @@ class ImageTextModel(nn.Module):
                       "positions": pos[:, :n]}
             step = iter(range(n, n + M))  # slot of the patch being fed back
 
-            def feed(draw: torch.Tensor) -> dict:
+            def feed(draw: torch.Tensor, step=step, pos=pos) -> dict:  # bound now: this group's slots
                 t = next(step)
-                return {"embeds": self.patch_emb(digits.to_input(draw.to(device, self.patch_emb.weight.dtype)))[:, None],
-                        "positions": pos[:, t:t + 1]}
+                x = digits.to_input(draw.to(device, self.patch_emb.weight.dtype))
+                return {"embeds": self.patch_emb(x)[:, None], "positions": pos[:, t:t + 1]}
 
             fwd = IncrementalForward(self.transformer, use_cache, hidden=True)
             draws = decode(fwd, prefix, M, lambda out: self.image_head.sample(out[1], generator, temperature), feed)
