@@ -147,3 +147,25 @@ def test_prompt_is_taken_verbatim_not_parsed_as_yaml():
 
     a = parse_args(["ckpt=x.ckpt", "prompt=ROMEO: {a: 1}, [x]", "max_new_tokens=3"])
     assert a.prompt == "ROMEO: {a: 1}, [x]" and a.ckpt == "x.ckpt" and a.max_new_tokens == 3
+
+
+@pytest.mark.parametrize("name,kw", [("mha", {}), ("gqa", {"n_kv_head": 2}), ("mla", {})])
+def test_flops_per_token_equals_a_direct_count_of_the_matmuls(name, kw):
+    """The attention classes own their FLOP formulas: T x Transformer.flops_per_token(T) equals torch's
+    own count of every matmul of a T-token forward (manual kernel: the full T x T score and value
+    products, as the formula counts one token attending T keys), and the layer's figure is its share."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    mc = ModelConfig(d_model=32, n_head=4, n_layer=2, seq_len=32)
+    model = Transformer(mc, ATTENTION.get(name).Config(name=name, impl="manual", **kw),
+                        POS.get("none").Config(name="none"), 50).eval()
+    T = 24
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randint(0, 50, (1, T)))
+    assert fc.get_total_flops() == T * model.flops_per_token(T)
+    attn = model.blocks[0].attn
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        attn(torch.randn(1, T, 32), model.pos.default_positions(1, T, 0, device="cpu"))
+    assert fc.get_total_flops() == T * attn.flops_per_token(T)
+    assert attn.flops_per_token(2 * T) > attn.flops_per_token(T)  # attention grows with the context
