@@ -207,8 +207,12 @@ def compose_run(overrides: list[str]):
         for o in overrides:
             key = o.partition("=")[0]
             if "." in key and not key.startswith(("+", "~")) and key not in known:
-                problems.append(f"{key}: unknown key{did_you_mean(key, known)} "
-                                f"(a new key needs +{key}=...)")
+                parent, leaf = key.rsplit(".", 1)  # suggest among the siblings, not every key
+                siblings = [k.rsplit(".", 1)[1] for k in known if k.startswith(parent + ".") and "." not in
+                            k[len(parent) + 1:]]
+                hint = did_you_mean(leaf, siblings, parent + ".") if siblings else did_you_mean(key, known)
+                allowed = f" (allowed: {', '.join(sorted(siblings))})" if siblings else ""
+                problems.append(f"{key}: unknown key{hint}{allowed}")
     if problems:
         raise ConfigError(problems)
     try:
@@ -310,7 +314,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(help_text(name, module))
         return 0
     try:
-        return module.main(rest) or 0
+        rc = module.main(rest)  # commands return what they made (ids, text) for Python callers
+        return rc if isinstance(rc, int) else 0
     except (ConfigError, DataError, UsageError, UnknownVariantError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
 from lmlab.cli import arg, load_checkpoint, parse
 from lmlab.eval.generate import generate
 
@@ -65,7 +63,6 @@ def main(argv: Optional[list[str]] = None, load=None, out=None, err=None) -> lis
     """Run the command; returns the generated ids. ``load(path) -> (model, tokenizer, run)``."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out, err = out or sys.stdout, err or sys.stderr
-    torch.set_grad_enabled(False)
     model, tokenizer, run = (load or load_checkpoint)(args.ckpt)
     if tokenizer is None:
         from lmlab.cli import UsageError
