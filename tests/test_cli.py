@@ -112,6 +112,13 @@ def test_compose_run_errors_are_one_message_with_the_available_options():
         cli.compose_run(["trainer.max_step=3"])
 
 
+def test_inspect_reports_its_own_and_the_training_problems_together(capsys):
+    rc, _, err = run_main(capsys, "inspect", "context=abc", "trainer.max_step=3", "model.n_head=5")
+    assert rc == 2 and "(4 problems)" in err  # + rope on the odd head dim
+    assert "context: expected an integer" in err and "did you mean `trainer.max_steps`" in err
+    assert "model.n_head=5 does not divide model.d_model" in err  # the composed config's own checks
+
+
 def test_user_mistakes_exit_2_with_one_message_and_no_traceback(tmp_path):
     rc, out, err = lmlab("inspect", "attention=mlaa")
     assert rc == 2 and "Traceback" not in err

@@ -201,24 +201,27 @@ def compose_run(overrides: list[str]):
                                 f"(available: {', '.join(options)})")
             else:
                 choices.append(o)
-    if not problems:  # dotted keys against the tree these group choices compose
-        base = OmegaConf.to_container(compose(choices, validate=False), resolve=False)
-        known = set(_flat_keys({k: v for k, v in base.items() if k != "hydra"}))
-        for o in overrides:
-            key = o.partition("=")[0]
-            if "." in key and not key.startswith(("+", "~")) and key not in known:
-                parent, leaf = key.rsplit(".", 1)  # suggest among the siblings, not every key
-                siblings = [k.rsplit(".", 1)[1] for k in known if k.startswith(parent + ".") and "." not in
-                            k[len(parent) + 1:]]
-                hint = did_you_mean(leaf, siblings, parent + ".") if siblings else did_you_mean(key, known)
-                allowed = f" (allowed: {', '.join(sorted(siblings))})" if siblings else ""
-                problems.append(f"{key}: unknown key{hint}{allowed}")
     if problems:
         raise ConfigError(problems)
+    # dotted keys against the tree these group choices compose
+    base = OmegaConf.to_container(compose(choices, validate=False), resolve=False)
+    known = set(_flat_keys({k: v for k, v in base.items() if k != "hydra"}))
+    good = []
+    for o in overrides:
+        key = o.partition("=")[0]
+        if "." in key and not key.startswith(("+", "~")) and key not in known:
+            parent, leaf = key.rsplit(".", 1)  # suggest among the siblings, not every key
+            siblings = [k.rsplit(".", 1)[1] for k in known
+                        if k.startswith(parent + ".") and "." not in k[len(parent) + 1:]]
+            hint = did_you_mean(leaf, siblings, parent + ".") if siblings else did_you_mean(key, known)
+            allowed = f" (allowed: {', '.join(sorted(siblings))})" if siblings else ""
+            problems.append(f"{key}: unknown key{hint}{allowed}")
+        else:
+            good.append(o)
     try:
-        return compose(overrides)
-    except ConfigError:
-        raise
+        run = compose(good)  # the rest is validated too, so every problem is reported at once
+    except ConfigError as e:
+        raise ConfigError(problems + e.problems) from None
     except Exception as e:  # Hydra's override grammar and composition errors: the user's input
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
@@ -226,6 +229,28 @@ def compose_run(overrides: list[str]):
         if isinstance(e, (HydraException, OmegaConfBaseException)):
             raise UsageError(str(e).strip().splitlines()[0]) from None
         raise
+    if problems:
+        raise ConfigError(problems)
+    return run
+
+
+def parse_with_run(command: str, cls: type, argv: list[str]):
+    """-> (Parsed, RunConfig) for a command that also takes training overrides; the command's problems
+    and the training config's are raised together, in one ArgumentError."""
+    problems: list[str] = []
+    try:
+        parsed = parse(command, cls, argv, overrides=True)
+    except ArgumentError as e:
+        problems += e.problems
+        parsed = Parsed(None, [], [a for a in argv if a.partition("=")[0] not in
+                                   {f.name for f in dataclasses.fields(cls)}])
+    try:
+        run = compose_run(parsed.overrides)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ArgumentError(command, problems)
+    return parsed, run
 
 
 def _flat_keys(d: dict, prefix: str = "") -> list[str]:

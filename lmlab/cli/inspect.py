@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lmlab.cli import arg, compose_run, parse
+from lmlab.cli import arg, parse_with_run
 
 USAGE = "python -m lmlab inspect [context=N] [training overrides: attention=mla model=micro ...]"
 
@@ -87,7 +87,7 @@ def report(run, context: Optional[int] = None) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> str:
-    p = parse("inspect", Args, sys.argv[1:] if argv is None else argv, overrides=True)
-    text = report(compose_run(p.overrides), p.args.context)
+    p, run = parse_with_run("inspect", Args, sys.argv[1:] if argv is None else argv)
+    text = report(run, p.args.context)
     print(text)
     return text
