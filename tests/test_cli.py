@@ -92,6 +92,8 @@ def test_every_problem_at_once_naming_keys_with_suggestions():
     assert "max_new_token: unknown key (did you mean `max_new_tokens`?)" in msg
     assert "top_k: expected an integer, got 'many'" in msg
     assert "ckpt: required" in msg and "'stray'" in msg
+    with pytest.raises(ArgumentError, match=r"top_k=\[1,: cannot parse the value"):
+        parse("generate", GenerateArgs, ["ckpt=x", "top_k=[1,"])
     # top_p's range check waits for the type problems (a check on a half-built object says nothing)
     with pytest.raises(ArgumentError, match=r"top_p=2.0 must be in \(0, 1\]"):
         parse("generate", GenerateArgs, ["ckpt=x", "top_p=2"])

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from lmlab.config import ConfigError, did_you_mean, from_dict
 
 COMMANDS = {  # name -> (module, one-line summary)
@@ -132,8 +134,8 @@ def parse(command: str, cls: type, argv: list[str], positional: bool = False,
             continue
         try:
             data[key] = parse_value(raw)
-        except Exception as e:  # noqa: BLE001 -- OmegaConf's grammar errors have no common base
-            problems.append(f"{key}={raw}: cannot parse the value ({type(e).__name__})")
+        except yaml.YAMLError as e:  # what OmegaConf's dotlist raises on a malformed value
+            problems.append(f"{key}={raw}: cannot parse the value ({str(e).splitlines()[0]})")
     if pos and not positional:
         problems.append(f"unexpected argument{'s' if len(pos) > 1 else ''} {' '.join(map(repr, pos))}: "
                         "every argument is key=value (see --help)")
