@@ -118,12 +118,11 @@ def sentencepiece_to_tokenizers(tokenizer):
             vocab.append((p.piece, score))
         model = models.Unigram(vocab, unk_id=unk_id, byte_fallback=True)
     elif proto.trainer_spec.model_type == pb.TrainerSpec.BPE:
-        from transformers.convert_slow_tokenizer import SentencePieceExtractor
+        from transformers.tokenization_utils_sentencepiece import generate_merges
 
-        extractor = SentencePieceExtractor(tokenizer.model_path) if Path(tokenizer.model_path).exists() else None
-        if extractor is None:
-            raise InteropError(f"tokenizer model file {tokenizer.model_path} is gone; BPE export reads it")
-        vocab, merges = extractor.extract()[:2]
+        # merges ordered by piece score, as SentencePiece applies them
+        vocab = {p.piece: i for i, p in enumerate(pieces)}
+        merges = generate_merges(vocab, {p.piece: p.score for p in pieces})
         model = models.BPE(vocab, merges, unk_token=pieces[unk_id].piece, byte_fallback=True, fuse_unk=True)
     else:
         raise InteropError(f"tokenizer.model_type={proto.trainer_spec.model_type}: only unigram and bpe export")
