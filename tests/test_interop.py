@@ -286,3 +286,32 @@ def test_export_checkpoint_end_to_end(compose, sp_tok, tmp_path):
     load_hf_into(model2, str(out))
     with torch.no_grad():
         torch.testing.assert_close(model2(torch.tensor([ids])), model(torch.tensor([ids])), atol=1e-5, rtol=0)
+
+
+def test_export_refusal_writes_nothing(compose, sp_tok, tmp_path):
+    run = compose(SMALL + ["pos=alibi", f"tokenizer.vocab_size={sp_tok.vocab_size}"])
+    model = build_model(run, sp_tok.vocab_size)
+    _fake_checkpoint(run, model, sp_tok, tmp_path / "last.ckpt")
+    with pytest.raises(InteropError, match="pos.name=alibi"):
+        export(str(tmp_path / "last.ckpt"), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "hf.tmp-export").exists()
+
+
+def test_gpt2_model_options(compose):
+    """norm/bias/mlp/ffn_dim build what they say; defaults keep the bias-free RMSNorm SwiGLU model."""
+    default = build_model(compose(SMALL), V)
+    names = dict(default.named_parameters())
+    assert not any(n.endswith(".bias") for n in names)
+    assert names["blocks.0.mlp.up.weight"].shape == (2 * 96, 32)  # 2/3 * 4 * 32 rounded up to 32, x2
+    g = build_model(compose(SMALL + ["pos=learned", "model.norm=layernorm", "model.mlp=gelu_tanh",
+                                     "model.bias=true", "model.ffn_dim=40"]), V)
+    assert isinstance(g.blocks[0].norm1, torch.nn.LayerNorm) and g.blocks[0].norm1.bias is not None
+    assert g.blocks[0].mlp.up.weight.shape == (40, 32) and g.blocks[0].mlp.down.bias.shape == (32,)
+    x = torch.randn(3, 32)
+    g.blocks[0].mlp.kind = "gelu"
+    exact = g.blocks[0].mlp.down(torch.nn.functional.gelu(g.blocks[0].mlp.up(x)))
+    assert torch.allclose(g.blocks[0].mlp(x), exact)
+    g.blocks[0].mlp.kind = "gelu_tanh"
+    assert not torch.equal(g.blocks[0].mlp(x), exact)  # the tanh form is a different function
+    with pytest.raises(Exception, match="model.ffn_dim=0"):
+        compose(SMALL + ["model.ffn_dim=0"])

@@ -187,9 +187,13 @@ def export(ckpt_path: str, out_dir: str) -> dict:
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
-    export_model(model, run, str(tmp), tokenizer.vocab_size, eos_id=tokenizer.eos_id)
-    export_tokenizer(tokenizer, str(tmp))
-    (tmp / "README.md").write_text(model_card(run, fam, _find_run_dir(Path(ckpt_path)), None))
+    try:  # written beside, then renamed: a refusal or crash never leaves a half-written DIR
+        export_tokenizer(tokenizer, str(tmp))  # first: it may refuse (tokenizer without a peer)
+        export_model(model, run, str(tmp), tokenizer.vocab_size, eos_id=tokenizer.eos_id)
+        (tmp / "README.md").write_text(model_card(run, fam, _find_run_dir(Path(ckpt_path)), None))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
