@@ -45,7 +45,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
 
 EXPORTS = {
     "llama-gqa-interleaved": ["attention=gqa", "attention.n_kv_head=2"],
-    "llama-mha-half-untied": ["attention=mha", "pos.layout=half", "model.tie_embeddings=false"],
+    "llama-mha-half-untied": ["attention=mha", "pos.layout=half", "model.tie_embeddings=false", "pos.base=500"],
     "llama-mqa-biases": ["attention=mqa", "attention.bias=true", "model.bias=true", "model.ffn_dim=40"],
     "deepseek-mla-interleaved": ["attention=mla", "model.norm_eps=1e-6"],
     "deepseek-mla-qlora-half-bias": [
