@@ -315,3 +315,14 @@ def test_gpt2_model_options(compose):
     assert not torch.equal(g.blocks[0].mlp(x), exact)  # the tanh form is a different function
     with pytest.raises(Exception, match="model.ffn_dim=0"):
         compose(SMALL + ["model.ffn_dim=0"])
+
+
+def test_checkpoints_written_before_the_new_model_keys_still_resume(compose):
+    from lmlab.train.run import _check_compatible
+
+    cur = to_dict(compose(SMALL))
+    new_keys = ("norm", "bias", "ffn_dim", "init_from")
+    before = {**cur, "model": {k: v for k, v in cur["model"].items() if k not in new_keys}}
+    _check_compatible(before, cur, "old.ckpt")  # absent keys are the defaults: same model
+    with pytest.raises(ValueError, match="model.norm: checkpoint 'layernorm'"):
+        _check_compatible({**cur, "model": {**cur["model"], "norm": "layernorm"}}, cur, "x.ckpt")
