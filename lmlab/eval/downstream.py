@@ -192,7 +192,7 @@ def _run_dir(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
-def evaluate(ckpt: str, tasks: tuple[str, ...] | list[str] = (NEXTLINE,), limit: Optional[int] = None,
+def evaluate(ckpt: str, tasks: str | tuple[str, ...] | list[str] = (NEXTLINE,), limit: Optional[int] = None,
              n_docs: int = 200, out_dir: Optional[str] = None, use_lm_eval: Optional[bool] = None,
              num_fewshot: Optional[int] = None) -> dict:
     """Evaluate an lmlab checkpoint on ``tasks``; write and return ``eval.json`` in the run dir.
@@ -210,7 +210,7 @@ def evaluate(ckpt: str, tasks: tuple[str, ...] | list[str] = (NEXTLINE,), limit:
         raise ValueError(f"{ckpt}: an image-text run has no text tokenizer to evaluate with")
     run_dir = Path(out_dir) if out_dir else _run_dir(path)
     lm = LmlabLM(model, tokenizer)
-    tasks = list(tasks)
+    tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)  # "a,b" from a CLI
     have_lm_eval = _Base is not object
     if use_lm_eval is None:
         use_lm_eval = have_lm_eval
