@@ -10,8 +10,11 @@ Guarantees (tests/test_interop.py, tiny random models, float32):
 - the tokenizer (SentencePiece unigram or BPE, byte fallback, identity normalisation, no dummy
   prefix) is written as a ``tokenizer.json`` built with the ``tokenizers`` library, so
   ``AutoTokenizer`` gives the same ids as lmlab's deterministic ``encode`` and decodes them back to
-  the same text. Not guaranteed: input containing the literal strings of special tokens
-  (``<s>``, ``</s>``, ``<unk>``), which ``transformers`` treats as special and SentencePiece as text.
+  the same text. Not guaranteed: (1) unigram models on long whitespace runs, where two orders of the
+  same whitespace pieces tie exactly and SentencePiece breaks the tie by float32 rounding while
+  ``tokenizers`` (float64) keeps the first -- same bytes, same piece multiset, other ids order; BPE
+  models are exact; (2) input containing the literal strings of special tokens (``<s>``, ``</s>``,
+  ``<unk>``), which ``transformers`` treats as special and SentencePiece as text.
 
 ``transformers`` and ``tokenizers`` come with the ``[hf]`` extra.
 """
