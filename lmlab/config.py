@@ -45,8 +45,12 @@ class ModelConfig:
     n_layer: int = 4
     n_head: int = 4
     head_dim: Optional[int] = None  # default d_model // n_head
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"  # gelu: exact erf; gelu_tanh: GPT-2's
     mlp_ratio: float = 4.0  # hidden = ratio*d (gelu) or 2/3*ratio*d rounded up to 32 (swiglu)
+    ffn_dim: Optional[int] = None  # explicit MLP hidden width; null: the mlp_ratio rule above
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    bias: bool = False  # biases in the MLP linears and LayerNorm (attention: attention.bias)
+    init_from: Optional[str] = None  # a local transformers checkpoint dir (lmlab.interop.imports)
     dropout: float = 0.0
     tie_embeddings: bool = True
     seq_len: int = 256
@@ -70,6 +74,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             p.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        if isinstance(self.ffn_dim, int) and self.ffn_dim <= 0:
+            p.append(f"model.ffn_dim={self.ffn_dim} must be positive (or null for the mlp_ratio rule)")
         return p
 
 
