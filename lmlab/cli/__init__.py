@@ -43,6 +43,8 @@ COMMANDS = {  # name -> (module, one-line summary)
     "tokenize": ("lmlab.cli.tokenize", "train a tokenizer, encode stdin, sample segmentations, corpus stats"),
     "inspect": ("lmlab.cli.inspect", "parameters, KV cache and FLOPs per token of a training config"),
     "report": ("lmlab.cli.report", "Markdown + plots over run directories (language-model or digits runs)"),
+    "export": ("lmlab.cli.export", "write a checkpoint as a Hugging Face transformers directory"),
+    "eval": ("lmlab.cli.eval", "downstream tasks through lm-eval-harness (offline: lmlab_nextline)"),
 }
 KEY = re.compile(r"^(\+\+|\+|~)?[A-Za-z_][\w-]*(\.[\w-]+)*$")  # what may stand before the first '='
 
@@ -325,6 +327,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import importlib
 
     from lmlab.data.sources.base import DataError
+    from lmlab.interop import InteropError
     from lmlab.registry import UnknownVariantError
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -343,6 +346,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         rc = module.main(rest)  # commands return what they made (ids, text) for Python callers
         return rc if isinstance(rc, int) else 0
-    except (ConfigError, DataError, UsageError, UnknownVariantError) as e:
+    except (ConfigError, DataError, UsageError, UnknownVariantError, InteropError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

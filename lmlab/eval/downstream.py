@@ -136,7 +136,10 @@ def nextline_docs(texts: list[str], n: int = 200, n_context: int = 4, n_choices:
     pool = [(d, ln) for d, lines in enumerate(docs_lines) for ln in lines]
     spots = [(d, i) for d, lines in enumerate(docs_lines) for i in range(n_context, len(lines))]
     if len(docs_lines) < 2 or not spots:
-        raise ValueError(f"{NEXTLINE}: need at least 2 validation documents with > {n_context} lines")
+        from lmlab.data.sources.base import DataError
+
+        raise DataError(f"{NEXTLINE}: need at least 2 validation documents with > {n_context} lines "
+                        f"(this run's validation split has {len(docs_lines)})")
     rng.shuffle(spots)
     out = []
     for d, i in spots[:n]:

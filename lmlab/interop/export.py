@@ -34,8 +34,8 @@ CONFIG_CLASSES = {"llama": "LlamaConfig", "deepseek_v3": "DeepseekV3Config", "gp
 
 
 def load_lmlab(ckpt_path: str):
-    """(model, tokenizer, run) from an lmlab checkpoint -- the one call site of the checkpoint loader."""
-    from lmlab.train.loading import load_checkpoint
+    """(model, tokenizer, run) from an lmlab checkpoint file or run directory (the commands' one loader)."""
+    from lmlab.cli import load_checkpoint
 
     return load_checkpoint(ckpt_path)
 
