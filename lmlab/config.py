@@ -11,6 +11,7 @@ One validation pass collects *every* problem -- unknown keys, wrong types, illeg
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -45,8 +46,12 @@ class ModelConfig:
     n_layer: int = 4
     n_head: int = 4
     head_dim: Optional[int] = None  # default d_model // n_head
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"  # gelu: exact erf; gelu_tanh: GPT-2's
     mlp_ratio: float = 4.0  # hidden = ratio*d (gelu) or 2/3*ratio*d rounded up to 32 (swiglu)
+    ffn_dim: Optional[int] = None  # explicit MLP hidden width; null: the mlp_ratio rule above
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    bias: bool = False  # biases in the MLP linears and LayerNorm (attention: attention.bias)
+    init_from: Optional[str] = None  # a local transformers checkpoint dir (lmlab.interop.imports)
     dropout: float = 0.0
     tie_embeddings: bool = True
     seq_len: int = 256
@@ -70,6 +75,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             p.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        if isinstance(self.ffn_dim, int) and self.ffn_dim <= 0:
+            p.append(f"model.ffn_dim={self.ffn_dim} must be positive (or null for the mlp_ratio rule)")
         return p
 
 
@@ -271,6 +278,14 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
+def did_you_mean(name: str, choices, prefix: str = "") -> str:
+    """'' or ' (did you mean `a.x` or `a.y`?)': the closest valid names, by difflib's ratio."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"`{prefix}{c}`" for c in close) + "?)"
+
+
 def from_dict(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     """Build dataclass ``cls`` from ``data``; append every problem (prefixed with ``path``)."""
     hints = typing.get_type_hints(cls)
@@ -278,9 +293,8 @@ def from_dict(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in fields:
-            problems.append(
-                f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(fields))})"
-            )
+            problems.append(f"{prefix}{key}: unknown key{did_you_mean(key, fields, prefix)} "
+                            f"(allowed: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:

@@ -1,4 +1,4 @@
-"""Generation (lmlab.eval.generate, lmlab.generate) and lmlab.inspect: exact sampling distributions,
+"""Generation (lmlab.eval.generate, lmlab.cli.generate) and lmlab.cli.inspect: exact sampling distributions,
 cached == uncached output for every attention variant, streaming text, and the cost figures."""
 
 import io
@@ -106,7 +106,7 @@ class ByteTokenizer(Tokenizer):
 
 @pytest.mark.parametrize("use_cache", ["true", "false"])
 def test_cli_streams_the_decoded_continuation(use_cache):
-    from lmlab.generate import main
+    from lmlab.cli.generate import main
 
     model = tiny_model("mla", "rope", {}, V=257)
     tok = ByteTokenizer()
@@ -121,29 +121,51 @@ def test_cli_streams_the_decoded_continuation(use_cache):
 
 
 def test_cli_rejects_unknown_keys():
-    from lmlab.generate import parse_args
+    from lmlab.cli.generate import parse_args
 
     with pytest.raises(Exception, match="topk"):
         parse_args(["ckpt=x", "topk=3"])
 
 
 def test_inspect_reports_cache_and_flops():
-    from lmlab.inspect import main
+    from lmlab.cli.inspect import main
 
     # micro: d_model 256, 4 heads of 64, 3 layers
-    text = main(["attention=mla", "model=micro", "--context", "512"])
+    text = main(["attention=mla", "model=micro", "context=512"])
     assert "288 elems per layer" in text  # d_c + d_r = 4·64 + 64/2
     assert f"{3 * 288:,} over 3 layers" in text
     text = main(["attention=gqa", "attention.n_kv_head=2", "model=micro"])
     assert "256 elems per layer (2·g·d_k = 2·2·64)" in text
-    text = main(["attention=mha", "model=micro", "--context=1000"])
+    text = main(["attention=mha", "model=micro", "context=1000"])
     assert f"attention      {3 * 4 * 4 * 64 * 1000:,} prefill" in text  # 4·h·d_k·L per layer
     text = main(["attention=vq", "pos=none", "model=micro"])
     assert "0 elems per layer" in text and "constant decode state" in text
 
 
 def test_prompt_is_taken_verbatim_not_parsed_as_yaml():
-    from lmlab.generate import parse_args
+    from lmlab.cli.generate import parse_args
 
     a = parse_args(["ckpt=x.ckpt", "prompt=ROMEO: {a: 1}, [x]", "max_new_tokens=3"])
     assert a.prompt == "ROMEO: {a: 1}, [x]" and a.ckpt == "x.ckpt" and a.max_new_tokens == 3
+
+
+@pytest.mark.parametrize("name,kw", [("mha", {}), ("gqa", {"n_kv_head": 2}), ("mla", {})])
+def test_flops_per_token_equals_a_direct_count_of_the_matmuls(name, kw):
+    """The attention classes own their FLOP formulas: T x Transformer.flops_per_token(T) equals torch's
+    own count of every matmul of a T-token forward (manual kernel: the full T x T score and value
+    products, as the formula counts one token attending T keys), and the layer's figure is its share."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    mc = ModelConfig(d_model=32, n_head=4, n_layer=2, seq_len=32)
+    model = Transformer(mc, ATTENTION.get(name).Config(name=name, impl="manual", **kw),
+                        POS.get("none").Config(name="none"), 50).eval()
+    T = 24
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randint(0, 50, (1, T)))
+    assert fc.get_total_flops() == T * model.flops_per_token(T)
+    attn = model.blocks[0].attn
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        attn(torch.randn(1, T, 32), model.pos.default_positions(1, T, 0, device="cpu"))
+    assert fc.get_total_flops() == T * attn.flops_per_token(T)
+    assert attn.flops_per_token(2 * T) > attn.flops_per_token(T)  # attention grows with the context

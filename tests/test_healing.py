@@ -161,3 +161,47 @@ def test_greedy_is_argmax_over_candidates():
         ok = [i for i, b in enumerate(TABLE) if b and (b.startswith(r) or (k > 1 and r.startswith(b)))]
         row = lm.row(ctx)
         assert st.ids[-1] == max(ok, key=lambda i: float(row[i]))
+
+
+def _reference_healed(lm, index, prompt_ids, max_new_tokens, k, rng, temperature=1.0):
+    """Healed decoding written from the definition, with no cache: the whole context every step."""
+    state = Healer(index, k).start(prompt_ids)
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = lm(torch.tensor([state.ids]))[0, -1].float()
+        logits = state.constrain(logits)
+        p = torch.softmax(logits.double() / temperature, -1).numpy()
+        state.advance(int(rng.choice(len(p), p=p / p.sum())))
+    return state
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_healed_generation_runs_through_the_cached_loop_and_equals_the_uncached_reference(k):
+    """A real Transformer: healing.generate decodes with the KV cache (after the prefill every model
+    call sees one new token) and, for a fixed seed, draws exactly what the cache-free reference draws."""
+    from lmlab.config import ModelConfig, load_variants
+    from lmlab.model.transformer import Transformer
+    from lmlab.registry import ATTENTION, POS
+
+    load_variants()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=32, n_layer=2, n_head=4, seq_len=64),
+                        ATTENTION.get("mla").Config(), POS.get("rope").Config(), len(TABLE)).eval()
+    index = VocabIndex(TABLE)
+    prompt = [0] + encode_max_munch("广州的白云")  # ends in 白云: healing re-spells it
+    assert Healer(index, k).start(prompt).k == k  # healing is active, so the test is not vacuous
+    widths, forward = [], model.forward
+
+    def spy(idx=None, *a, **kw):
+        widths.append(idx.shape[1])
+        return forward(idx, *a, **kw)
+
+    model.forward = spy
+    cached = generate(model, index, prompt, 12, k=k, rng=np.random.default_rng(5), temperature=1.5)
+    model.forward = forward
+    assert widths[0] == len(prompt) - k and set(widths[1:]) == {1}
+    want = _reference_healed(model, index, prompt, 12, k, np.random.default_rng(5), temperature=1.5)
+    assert cached.ids == want.ids and len(cached.ids) == len(prompt) - k + 12
+    assert b"".join(TABLE[i] for i in cached.ids).startswith("广州的白云".encode())
+    uncached = generate(model, index, prompt, 12, k=k, rng=np.random.default_rng(5), temperature=1.5, use_cache=False)
+    assert uncached.ids == want.ids

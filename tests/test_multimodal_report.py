@@ -32,5 +32,5 @@ def test_table_groups_runs_and_reports_paired_delta(tmp_path):
     assert set(rows) == {"rope", "rope2d"}
     assert "-0.100" in rows["rope2d"] and "*" not in rows["rope2d"]  # 2 seeds, Δ = spread: not real
     assert "2.050 ± 0.071" in rows["rope"]
-    report.main([str(tmp_path)])
+    report.build_report([str(tmp_path)], log=lambda s: None)
     assert (tmp_path / "report.png").stat().st_size > 0

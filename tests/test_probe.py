@@ -315,7 +315,8 @@ def test_mid_token_equals_reference_for_a_tokenization_consistent_lm():
 def test_probe_config_checks_and_cli_parsing():
     from types import SimpleNamespace
 
-    from lmlab.probe import parse
+    from lmlab.cli import ArgumentError
+    from lmlab.cli.probe import parse_args as parse
 
     run = SimpleNamespace(model=SimpleNamespace(seq_len=64))
     assert ProbeConfig(context_tokens=60).check(run) == []  # disabled: nothing to object to
@@ -323,8 +324,8 @@ def test_probe_config_checks_and_cli_parsing():
     assert any("probe.context_tokens=60" in p and "model.seq_len=64" in p for p in problems)
     assert any("probe.heal_k" in p for p in problems)
     cli, cfg = parse(["ckpt=x", "heal=false", "n_prompts=5"])
-    assert cli["ckpt"] == "x" and cfg.heal_k == [] and cfg.n_prompts == 5
+    assert cli.ckpt == "x" and cfg.heal_k == [] and cfg.n_prompts == 5
     assert parse(["ckpt=x", "heal=true", "k=2"])[1].heal_k == [2]
     assert parse(["ckpt=x", "heal_k=[1,2]"])[1].heal_k == [1, 2]
-    with pytest.raises(SystemExit, match="unknown key"):
+    with pytest.raises(ArgumentError, match="unknown key.*did you mean `n_prompts`"):
         parse(["ckpt=x", "n_prompt=5"])

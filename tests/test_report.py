@@ -5,7 +5,7 @@ import json
 import numpy as np
 import yaml
 
-from lmlab.report import build_report, find_axes, load_runs
+from lmlab.cli.report import build_report, find_axes, load_runs
 
 
 def _probe(rng, gap: float) -> dict:

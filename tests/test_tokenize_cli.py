@@ -1,4 +1,4 @@
-"""``python -m lmlab.tokenize``: encode/samples/stats on a SentencePiece unigram .model, and train
+"""``python -m lmlab tokenize``: encode/samples/stats on a SentencePiece unigram .model, and train
 from a composed config. Outputs are checked against the tokenizer API, not against themselves."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab import tokenize as cli
+from lmlab.cli import UsageError
+from lmlab.cli import tokenize as cli
 from lmlab.tokenizers.sentencepiece import SentencePieceConfig, train_sentencepiece
 from lmlab.tokenizers.unigram import UnigramConfig, UnigramTokenizer
 
@@ -36,18 +37,18 @@ def run(argv, stdin: str = "", monkeypatch=None) -> str:
 
 def test_encode_ids_and_pieces(model, monkeypatch):
     tok = UnigramTokenizer(model)
-    got = run(["encode", "--model", model], "\n".join(LINES) + "\n", monkeypatch).splitlines()
+    got = run(["encode", f"model={model}"], "\n".join(LINES) + "\n", monkeypatch).splitlines()
     assert got == [" ".join(map(str, tok.sp.encode(line))) for line in LINES]
-    got = run(["encode", "--model", model, "--pieces"], "\n".join(LINES) + "\n", monkeypatch).splitlines()
+    got = run(["encode", f"model={model}", "pieces=true"], "\n".join(LINES) + "\n", monkeypatch).splitlines()
     assert got == [" ".join(tok.sp.encode(line, out_type=str)) for line in LINES]
 
 
 def test_encode_samples_one_seeded_stream(model, monkeypatch):
     text = "\n".join(LINES * 3) + "\n"
-    argv = ["encode", "--model", model, "--mode", "sample", "--alpha", "0.1", "--seed", "7"]
+    argv = ["encode", f"model={model}", "mode=sample", "alpha=0.1", "seed=7"]
     a = run(argv, text, monkeypatch)
     assert a == run(argv, text, monkeypatch)  # reproducible
-    assert a != run(argv[:-1] + ["8"], text, monkeypatch)  # the seed matters
+    assert a != run(argv[:-1] + ["seed=8"], text, monkeypatch)  # the seed matters
     tok = UnigramTokenizer(model, UnigramConfig(mode="sample", alpha=0.1))
     rng = np.random.default_rng(7)  # one generator over all lines, in order
     assert a.splitlines() == [" ".join(map(str, tok.encode(line, rng))) for line in LINES * 3]
@@ -55,7 +56,7 @@ def test_encode_samples_one_seeded_stream(model, monkeypatch):
 
 def test_samples_side_by_side(model):
     text = "subword regularization in Python"
-    lines = run(["samples", text, "-n", "6", "--model", model, "--alpha", "0.2", "--seed", "1"]).splitlines()
+    lines = run(["samples", text, "n=6", f"model={model}", "alpha=0.2", "seed=1"]).splitlines()
     assert len(lines) == 1 + 1 + 6
     tok = UnigramTokenizer(model)
     vit = [tok.sp.id_to_piece(i) for i in tok.encode(text)]
@@ -70,7 +71,7 @@ def test_stats(model, tmp_path):
     docs = [p.read_text(errors="replace") for p in STDLIB[1:9:2]]
     path = tmp_path / "corpus.txt"
     path.write_text("".join(docs), encoding="utf-8")
-    out = run(["stats", str(path), "--model", model, "--mode", "sample", "--alpha", "0.1"])
+    out = run(["stats", str(path), f"model={model}", "mode=sample", "alpha=0.1"])
     tok = UnigramTokenizer(model)
     chunks = list(cli.chunks("".join(docs)))
     n_bytes = sum(len(c.encode()) for c in chunks)
@@ -83,25 +84,25 @@ def test_stats(model, tmp_path):
 
 
 def test_bad_arguments(model, tmp_path):
-    with pytest.raises(SystemExit, match="alpha"):
-        run(["samples", "x", "--model", model, "--alpha", "-1"])
-    with pytest.raises(SystemExit, match="either --model or config overrides"):
-        run(["samples", "x", "--model", model, "tokenizer=unigram"])
+    with pytest.raises(UsageError, match="alpha"):
+        run(["samples", "x", f"model={model}", "alpha=-1"])
+    with pytest.raises(UsageError, match="either model= or config overrides"):
+        run(["samples", "x", f"model={model}", "tokenizer=unigram"])
     bad = tmp_path / "junk.model"
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
-        run(["samples", "x", "--model", str(bad)])
+        run(["samples", "x", f"model={bad}"])
 
 
 @pytest.mark.slow
 def test_train_from_config_then_encode(cache_dir, tmp_path, monkeypatch):
     over = ["tokenizer=unigram", "data=pystdlib", "data.max_files=25", "tokenizer.vocab_size=400",
             f"cache_dir={cache_dir}"]
-    out = subprocess.run([sys.executable, "-m", "lmlab.tokenize", "train", *over], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "lmlab", "tokenize", "train", *over], capture_output=True,
                          text=True, check=True, cwd=tmp_path).stdout
     assert out.startswith("UnigramTokenizer:") and "vocab_size=400" in out
     model_path = out.split("model_path=")[1].split(",")[0]
     assert Path(model_path).is_file()
-    enc = run(["encode", *over, "--pieces"], "import os\n", monkeypatch)  # in-process: from the cache
+    enc = run(["encode", *over, "pieces=true"], "import os\n", monkeypatch)  # in-process: from the cache
     tok = UnigramTokenizer(model_path)
     assert enc.split() == [tok.id_to_piece(i) for i in tok.encode("import os")]

@@ -185,7 +185,7 @@ class Healer:
 
 
 # ---------------------------------------------------------------------------------------------
-# Convenience: one healed first step, and a plain reference generation loop.
+# Convenience: one healed first step, and healed generation on the shared decoding loop.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -217,23 +217,35 @@ def heal_first_step(lm: LM, index: VocabIndex, prompt_ids: Sequence[int], k: int
     return state
 
 
-def generate(lm: LM, index: VocabIndex, prompt_ids: Sequence[int], max_new_tokens: int, k: int = 0,
+def generate(lm, index: VocabIndex, prompt_ids: Sequence[int], max_new_tokens: int, k: int = 0,
              rng: Optional[np.random.Generator] = None, temperature: float = 1.0,
-             stop_ids: Sequence[int] = (), max_context: Optional[int] = None) -> HealState:
-    """Reference decoding loop (no KV cache) with optional healing; greedy when rng is None.
+             stop_ids: Sequence[int] = (), max_context: Optional[int] = None,
+             use_cache: Optional[bool] = None) -> HealState:
+    """Healed decoding (greedy when rng is None) on lmlab's one loop, ``lmlab.eval.generate.generate``.
 
-    ``max_new_tokens`` counts tokens after the shortened context, so healing's re-spelling of the
-    removed bytes is included. Returns the final state; ``decode_bytes(state.ids)`` starts with the prompt.
+    ``lm`` is a ``Transformer`` (decoded with its KV cache by default) or any callable
+    ``ids (B, T) -> logits (B, T, V)`` (decoded without a cache). ``use_cache=None`` means: cached
+    when ``lm`` has caches and ``max_context`` is not set. The healing constraint enters through the
+    loop's ``constrain`` hook and the draw through its ``sample`` hook, so cached and uncached decoding
+    make the same draws from ``rng``. ``max_new_tokens`` counts tokens after the shortened context, so
+    healing's re-spelling of the removed bytes is included; a token in ``stop_ids`` is appended and
+    ends decoding. Returns the final state; ``decode_bytes(state.ids)`` starts with the prompt.
     """
+    from lmlab.eval.generate import generate as decode_tokens
+
     state = Healer(index, k).start(prompt_ids)
-    for _ in range(max_new_tokens):
-        ctx = state.ids if max_context is None else state.ids[-max_context:]
-        logits = state.constrain(last_logits(lm, ctx))
+    if use_cache is None:
+        use_cache = hasattr(lm, "new_caches") and max_context is None
+
+    def sample(logits: torch.Tensor) -> int:
         if rng is None:
-            t = int(torch.argmax(logits))
-        else:
-            p = torch.softmax(logits.double() / temperature, -1).numpy()
-            t = int(rng.choice(len(p), p=p / p.sum()))
+            return int(torch.argmax(logits))
+        p = torch.softmax(logits.double() / temperature, -1).numpy()
+        return int(rng.choice(len(p), p=p / p.sum()))
+
+    for t in decode_tokens(lm, list(state.ids), max_new_tokens, use_cache=use_cache,
+                           constrain=lambda logits: state.constrain(logits.float()), sample=sample,
+                           max_context=max_context):
         state.advance(t)
         if t in stop_ids:
             break

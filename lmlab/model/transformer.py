@@ -1,6 +1,8 @@
 """Decoder-only Transformer whose attention and position encoding come from the registries.
 
-Pre-norm blocks: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)); SwiGLU or GELU MLP; optional tied
+Pre-norm blocks: x + Attn(Norm(x)), then x + MLP(Norm(x)); Norm is RMSNorm (default) or LayerNorm
+(``model.norm``); SwiGLU, GELU (exact erf) or GELU-tanh (GPT-2) MLP, with biases when ``model.bias``
+(the MLP linears and LayerNorm; attention projections follow ``attention.bias``); optional tied
 input/output embeddings. The model knows nothing of any particular variant: it builds
 ``ATTENTION.get(cfg.attention.name)`` per layer and one shared ``POS`` module, passes positions
 (B, T, A) through, and sums the layers' auxiliary losses.
@@ -31,18 +33,31 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def make_norm(cfg) -> nn.Module:
+    """``model.norm``: RMSNorm (no bias term) or LayerNorm (bias iff ``model.bias``), eps ``model.norm_eps``."""
+    if getattr(cfg, "norm", "rmsnorm") == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=getattr(cfg, "bias", False))
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+def ffn_hidden(cfg) -> int:
+    """MLP hidden width: ``model.ffn_dim`` if set, else mlp_ratio*d (gelu) or 2/3 of it rounded up to 32 (swiglu)."""
+    if getattr(cfg, "ffn_dim", None) is not None:
+        return cfg.ffn_dim
+    if cfg.mlp == "swiglu":  # 2/3 of the GELU width keeps the parameter count equal
+        return int(math.ceil(cfg.mlp_ratio * cfg.d_model * 2 / 3 / 32) * 32)
+    return int(cfg.mlp_ratio * cfg.d_model)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         C = cfg.d_model
         self.kind = cfg.mlp
-        if cfg.mlp == "swiglu":  # 2/3 of the GELU width keeps the parameter count equal
-            hidden = int(math.ceil(cfg.mlp_ratio * C * 2 / 3 / 32) * 32)
-            self.up = nn.Linear(C, 2 * hidden, bias=False)
-        else:
-            hidden = int(cfg.mlp_ratio * C)
-            self.up = nn.Linear(C, hidden, bias=False)
-        self.down = nn.Linear(hidden, C, bias=False)
+        bias = getattr(cfg, "bias", False)
+        hidden = ffn_hidden(cfg)
+        self.up = nn.Linear(C, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=bias)  # swiglu: [gate; up]
+        self.down = nn.Linear(hidden, C, bias=bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +65,8 @@ class MLP(nn.Module):
         if self.kind == "swiglu":
             a, b = h.chunk(2, dim=-1)
             h = F.silu(a) * b
+        elif self.kind == "gelu_tanh":  # GPT-2's "gelu_new"
+            h = F.gelu(h, approximate="tanh")
         else:
             h = F.gelu(h)
         return self.dropout(self.down(h))
@@ -58,9 +75,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, model_cfg, attn_cfg, pos):
         super().__init__()
-        self.norm1 = RMSNorm(model_cfg.d_model, model_cfg.norm_eps)
+        self.norm1 = make_norm(model_cfg)
         self.attn = ATTENTION.get(attn_cfg.name)(attn_cfg, model_cfg, pos)
-        self.norm2 = RMSNorm(model_cfg.d_model, model_cfg.norm_eps)
+        self.norm2 = make_norm(model_cfg)
         self.mlp = MLP(model_cfg)
         self.resid_dropout = nn.Dropout(model_cfg.dropout)
 
@@ -78,7 +95,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, model_cfg.d_model)
         self.emb_dropout = nn.Dropout(model_cfg.dropout)
         self.blocks = nn.ModuleList(Block(model_cfg, attn_cfg, self.pos) for _ in range(model_cfg.n_layer))
-        self.norm_f = RMSNorm(model_cfg.d_model, model_cfg.norm_eps)
+        self.norm_f = make_norm(model_cfg)
         self.lm_head = nn.Linear(model_cfg.d_model, vocab_size, bias=False)
         self.apply(self._init)
         if model_cfg.tie_embeddings:
@@ -132,6 +149,16 @@ class Transformer(nn.Module):
     def cache_elems_per_token(self) -> int:
         """Cached numbers per token summed over layers (SPEC §9 formulas, per batch row)."""
         return sum(b.attn.cache_elems_per_token() for b in self.blocks)
+
+    def flops_per_token(self, context: Optional[int] = None, form: str = "prefill") -> int:
+        """Forward matmul FLOPs per token (one multiply-add = 2) at ``context`` keys (default
+        ``seq_len``): every layer's ``attn.flops_per_token`` (projections + attention in ``form``,
+        "prefill" or "decode"), the MLPs and the LM head. Norms, softmax, activations, rotary/bias and
+        the embedding lookup are not counted; training is about 3 x this (forward + backward)."""
+        L = self.cfg.seq_len if context is None else context
+        mlp = sum(2 * m.weight.numel() for b in self.blocks for m in b.mlp.modules() if isinstance(m, nn.Linear))
+        attn = sum(b.attn.flops_per_token(L, form) for b in self.blocks)
+        return attn + mlp + 2 * self.lm_head.weight.numel()
 
 
 def build_model(run, vocab_size: int) -> Transformer:

@@ -97,20 +97,39 @@ class ImageTextModel(nn.Module):
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate_images(self, caps: list[bytes], generator=None, temperature: float = 1.0) -> torch.Tensor:
+    def generate_images(self, caps: list[bytes], generator=None, temperature: float = 1.0,
+                        use_cache: bool = True) -> torch.Tensor:
         """Caption-conditioned samples: [BOS] caption [IMG], then M patches drawn one by one from the head,
-        each fed back through the same 2v/16 - 1 map as training inputs. -> levels (B, 8, 8)."""
+        each fed back through the same 2v/16 - 1 map as training inputs. -> levels (B, 8, 8).
+
+        Runs on lmlab's one decoding loop (``lmlab.eval.generate.decode``) with the KV cache: the
+        prefix once, then one patch embedding per step at its own position. Rows are decoded in groups
+        of equal prefix length (captions of one template are; a batch in lockstep needs it), each
+        group's patches drawn in one call per step, so one group reproduces the batched draws."""
+        from lmlab.eval.generate import IncrementalForward, decode
+
         M, P = self.grid[0] * self.grid[1], self.patch**2
         B = len(caps)
         patches = torch.zeros(B, M, P, dtype=torch.long)
         exs = [digits.encode(c, patches[i].numpy(), digits.GENERATE) for i, c in enumerate(caps)]
         batch = digits.collate(exs, self.grid)
-        # state that predicts patch j sits at slot (first image slot - 1 + j) of each row
-        first = batch["is_image"].float().argmax(1) - 1  # (B,)
-        rows = torch.arange(B)
-        for j in range(M):
-            end = int(first.max()) + j + 1  # only the prefix up to the deepest needed slot matters
-            _, h = self(batch["tokens"][:, :end], batch["is_image"][:, :end], patches, batch["layouts"])
-            draw = self.image_head.sample(h[rows, first + j], generator, temperature)  # (B, P)
-            patches[:, j] = draw
+        T = batch["tokens"].shape[1]
+        device = self.patch_emb.weight.device
+        first = batch["is_image"].float().argmax(1)  # (B,): slot of patch 0, after [BOS] caption [IMG]
+        for n in sorted(set(first.tolist())):
+            rows = (first == n).nonzero()[:, 0]
+            pos = self.positions([batch["layouts"][int(r)] for r in rows], T).to(device)  # (b, T, A)
+            prefix = {"embeds": self.transformer.tok_emb(batch["tokens"][rows, :n].to(device)),
+                      "positions": pos[:, :n]}
+            step = iter(range(n, n + M))  # slot of the patch being fed back
+
+            def feed(draw: torch.Tensor, step=step, pos=pos) -> dict:  # bound now: this group's slots
+                t = next(step)
+                x = digits.to_input(draw.to(device, self.patch_emb.weight.dtype))
+                return {"embeds": self.patch_emb(x)[:, None], "positions": pos[:, t:t + 1]}
+
+            fwd = IncrementalForward(self.transformer, use_cache, hidden=True)
+            draws = decode(fwd, prefix, M, lambda out: self.image_head.sample(out[1], generator, temperature), feed)
+            for j, draw in enumerate(draws):  # (b, P)
+                patches[rows, j] = draw.cpu()
         return digits.unpatchify(patches, self.patch)

@@ -1,16 +1,16 @@
-"""Comparison table and plot of an image-text sweep:  python -m lmlab.multimodal.report outputs/pos_multimodal
+"""Comparison table and plot of an image-text sweep; part of ``python -m lmlab report outputs/pos_multimodal``.
 
 Reads every ``summary.json`` under the sweep directory whose ``task`` is ``image_text``, groups runs by
 (image head, patch, pos), and reports mean ± std (sample std over seeds) of the best-validation
 checkpoint's metrics on the evaluation split. The column "Δ vs rope" is the paired (same seed)
 difference of image bits/pixel against the flattened RoPE-1D baseline; it is marked ``*`` only when
 SPEC §15.4's rule holds: at least two seeds, the same sign in every seed, and |mean Δ| > 2 std of
-either scheme. Writes ``report.md`` and ``report.png`` into the sweep directory and prints the table.
+either scheme. Writes ``report.md`` and ``report.png`` into the sweep directory (or ``out``) and returns
+the table (``build_report``; the command ``lmlab.cli.report`` calls it when it finds such runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections import defaultdict
@@ -119,22 +119,19 @@ def plot(runs: list[dict], path: Path, refs: dict) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir")
-    args = ap.parse_args(argv)
-    runs = load_runs(args.sweep_dir)
+def build_report(sweep_dirs, out=None, log=print) -> Path:
+    """The digits table and plot over every image_text run under ``sweep_dirs`` -> the report.md path."""
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else list(sweep_dirs)
+    runs = [r for d in dirs for r in load_runs(d)]
     if not runs:
-        raise SystemExit(f"no image_text summary.json under {args.sweep_dir}")
+        raise ValueError(f"no image_text summary.json under {', '.join(map(str, dirs))}")
     text, refs = table(runs)
     note = (f"\nReference points on the {refs['split']} split: uniform {refs['ref_uniform_bpp']:.3f} bpp, per-position "
             f"marginal {refs['ref_marginal_bpp']:.3f}, label-conditional marginal {refs['ref_label_marginal_bpp']:.3f};"
             f" judge accuracy on real images {refs['judge_acc']:.3f}. {len(runs)} runs.\n")
-    out = Path(args.sweep_dir)
+    out = Path(out) if out else Path(dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text + "\n" + note)
     plot(runs, out / "report.png", refs)
-    print(text + "\n" + note + f"wrote {out / 'report.md'} and {out / 'report.png'}")
-
-
-if __name__ == "__main__":
-    main()
+    log(text + "\n" + note + f"wrote {out / 'report.md'} and {out / 'report.png'}")
+    return out / "report.md"

@@ -160,6 +160,12 @@ def _check_compatible(saved: dict | None, current: dict, ckpt_path) -> None:
     stream must match; all differences are named at once."""
     if not saved:
         return
+    import dataclasses
+
+    from lmlab.config import ModelConfig
+
+    # model keys added to lmlab after the checkpoint was written hold their (behaviour-preserving) defaults
+    saved = {**saved, "model": {**dataclasses.asdict(ModelConfig()), **(saved.get("model") or {})}}
     old = _flat({k: saved.get(k) for k in RESUME_MUST_MATCH})
     new = _flat({k: current.get(k) for k in RESUME_MUST_MATCH})
     diff = [f"{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"

@@ -8,7 +8,10 @@ Contract (checked for every registered variant by the contract tests):
   result equals the matching rows of a full forward pass over the whole sequence.
 - ``new_cache()`` returns an empty cache for this layer.
 - ``cache_elems_per_token()``: numbers cached per token for this layer (MHA 2·h·d_k; a
-  constant-state variant returns 0 and reports its state in ``cache_state_elems``).
+  constant-state variant returns 0 and reports its state in ``cache_state_elems``), and
+  ``cache_formula()`` spelling it with the layer's numbers.
+- ``attention_flops(context)``: score and value matmul FLOPs per token, in the prefill and decode
+  forms; ``flops_per_token(context)`` adds the projections (``lmlab.cli.inspect``, MFU).
 - ``aux_loss``: an extra training loss term (e.g. VQ commitment), or None; the model sums them.
 - ``metrics()``: a dict of extra scalars to log (e.g. codebook perplexity).
 """
@@ -119,6 +122,25 @@ class Attention(nn.Module):
 
     def cache_elems_per_token(self) -> int:
         raise NotImplementedError
+
+    def cache_formula(self) -> str:
+        """The cache-per-token formula with this layer's numbers (e.g. "2·g·d_k = 2·4·64"), or ""."""
+        return ""
+
+    def attention_flops(self, context: int) -> dict[str, int]:
+        """Matmul FLOPs per token of attention proper (query-key scores and probability-value
+        products, one multiply-add = 2) for one token attending ``context`` keys:
+        ``{"prefill": training/prefill form, "decode": cached decode form}``."""
+        raise NotImplementedError
+
+    def linear_flops_per_token(self) -> int:
+        """2 x the weights of this layer's ``nn.Linear`` projections (one multiply-add each)."""
+        return sum(2 * m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+    def flops_per_token(self, context: int, form: str = "prefill") -> int:
+        """Forward matmul FLOPs per token of this layer: projections plus attention at ``context``.
+        Norms, softmax, rotary and biases are not counted."""
+        return self.linear_flops_per_token() + self.attention_flops(context)[form]
 
     def cache_state_elems(self) -> int:
         """Constant-size state (independent of sequence length), in numbers per batch row."""

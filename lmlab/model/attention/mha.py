@@ -35,6 +35,13 @@ class MHA(Attention):
     def cache_elems_per_token(self) -> int:
         return 2 * self.n_kv * self.head_dim
 
+    def cache_formula(self) -> str:
+        return f"2·g·d_k = 2·{self.n_kv}·{self.head_dim}"
+
+    def attention_flops(self, context: int) -> dict[str, int]:
+        f = 4 * self.n_head * self.head_dim * context  # q·k scores and weighted values, every head
+        return {"prefill": f, "decode": f}
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)

@@ -112,6 +112,9 @@ class MLA(Attention):
     def cache_elems_per_token(self) -> int:
         return self.d_c + self.d_r
 
+    def cache_formula(self) -> str:
+        return f"d_c + d_r = {self.d_c} + {self.d_r}"
+
     def attention_flops(self, context: int) -> dict[str, int]:
         """Score + value FLOPs per token attending ``context`` keys, in each form (absorbed adds the
         two per-head absorption matmuls; it skips kv_up for the new token, which costs the same)."""

@@ -1,53 +1,43 @@
 """Print what a configuration costs: parameters, KV cache per token, FLOPs per token.
 
-    python -m lmlab.inspect attention=mla model=micro [pos=... any override] [--context 4096]
+    python -m lmlab inspect attention=mla model=micro [pos=... any training override] [context=4096]
 
-The config is composed from conf/ with Hydra's compose API and validated (``lmlab.config.compose``);
-the model is built on the meta device (no memory, no init time) with ``tokenizer.vocab_size`` tokens.
+Every key that is not this command's is a training override: the config is composed from conf/ as
+``train.py`` composes it and validated (``lmlab.cli.compose_run``; a wrong group option or key names
+the closest valid ones); the model is built on the meta device (no memory, no init time) with
+``tokenizer.vocab_size`` tokens.
 
-What is counted (forward pass, per token; one multiply-add = 2 FLOPs):
+The formulas belong to the attention classes, not to this command: ``cache_elems_per_token`` /
+``cache_formula`` for the cache, ``attention_flops(context)`` for the attention matmuls (prefill and
+decode forms; MLA's absorbed decode and VQ's constant-cost blocks report their own), and
+``Transformer.flops_per_token`` for the whole forward pass (one multiply-add = 2 FLOPs):
 - *linear*: 2 × the weights of every ``nn.Linear`` (q/k/v/o and latent projections, MLP, LM head);
-  MLA's absorbed decode form swaps the key/value up-projection of the new token for two per-head
-  absorption matmuls of the same size, so the figure holds for both forms.
-- *attention*: query-key scores and probability-value products of one token attending ``context``
-  keys (MHA/GQA/MQA: 4·h·d_k·L; MLA and VQ report their own, see ``attention_flops``).
+- *attention*: query-key scores and probability-value products of one token attending ``context`` keys;
 - not counted: norms, softmax, activations, rotary/bias, embedding lookup. Training ≈ 3 × forward.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from lmlab.cli import arg, parse_with_run
 
-def attention_flops(attn, context: int) -> dict[str, int]:
-    if hasattr(attn, "attention_flops"):
-        return attn.attention_flops(context)
-    f = 4 * attn.n_head * attn.head_dim * context  # scores q·k and weighted values, every head
-    return {"prefill": f, "decode": f}
+USAGE = "python -m lmlab inspect [context=N] [training overrides: attention=mla model=micro ...]"
 
 
-def cache_formula(attn) -> str:
-    name = attn.registry_name
-    if name == "mla":
-        return f"d_c + d_r = {attn.d_c} + {attn.d_r}"
-    if hasattr(attn, "n_kv") and hasattr(attn, "head_dim"):
-        return f"2·g·d_k = 2·{attn.n_kv}·{attn.head_dim}"
-    return ""
+@dataclass
+class Args:
+    context: Optional[int] = arg(None, "keys attended per token for the FLOP and cache figures (null: model.seq_len)")
 
-
-def _split_args(argv: list[str]) -> tuple[list[str], Optional[int]]:
-    overrides, context = [], None
-    it = iter(argv)
-    for a in it:
-        if a.startswith("--context"):
-            context = int(a.split("=", 1)[1] if "=" in a else next(it))
-        else:
-            overrides.append(a)
-    return overrides, context
+    def check(self) -> list[str]:
+        if self.context is not None and self.context <= 0:
+            return [f"context={self.context} must be positive"]
+        return []
 
 
 def report(run, context: Optional[int] = None) -> str:
@@ -71,7 +61,7 @@ def report(run, context: Optional[int] = None) -> str:
     ]
     per_layer = attn.cache_elems_per_token()
     total = model.cache_elems_per_token()
-    formula = cache_formula(attn)
+    formula = attn.cache_formula()
     lines.append(
         f"KV cache per token: {per_layer:,} elems per layer" + (f" ({formula})" if formula else "")
         + f"; {total:,} over {m.n_layer} layers = {4 * total:,} B fp32 / {2 * total:,} B bf16"
@@ -85,26 +75,19 @@ def report(run, context: Optional[int] = None) -> str:
         )
     lin = sum(2 * mod.weight.numel() for mod in model.modules() if isinstance(mod, nn.Linear))
     head = 2 * model.lm_head.weight.numel()
-    fl = [attention_flops(b.attn, L) for b in model.blocks]
-    pre, dec = sum(f["prefill"] for f in fl), sum(f["decode"] for f in fl)
+    pre, dec = model.flops_per_token(L, "prefill"), model.flops_per_token(L, "decode")
     lines += [
         f"FLOPs per token (forward, matmuls; context L={L}):",
         f"  linear layers  {lin:,}  (2 × Linear weights; LM head {head:,})",
-        f"  attention      {pre:,} prefill/training form, {dec:,} decode form",
-        f"  total          {lin + pre:,} prefill, {lin + dec:,} decode; training ≈ 3 × {lin + pre:,}",
+        f"  attention      {pre - lin:,} prefill/training form, {dec - lin:,} decode form",
+        f"  total          {pre:,} prefill, {dec:,} decode; training ≈ 3 × {pre:,}",
         "  not counted: norms, softmax, activations, rotary/bias, embedding lookup",
     ]
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> str:
-    from lmlab.config import compose
-
-    overrides, context = _split_args(sys.argv[1:] if argv is None else argv)
-    text = report(compose(overrides), context)
+    p, run = parse_with_run("inspect", Args, sys.argv[1:] if argv is None else argv)
+    text = report(run, p.args.context)
     print(text)
     return text
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,13 @@
-"""Sweep report: ``python -m lmlab.report SWEEP_DIR [SWEEP_DIR ...] [out=DIR]`` -> Markdown + PNG plots.
+"""Sweep report: ``python -m lmlab report SWEEP_DIR [SWEEP_DIR ...] [out=DIR]`` -> Markdown + PNG plots.
 
-Reads every run directory under SWEEP_DIR (any directory holding a ``config.yaml``; layout in
+One command for both tasks, dispatching on what the directories contain: image-text (digits) runs
+(a ``summary.json`` with ``task: image_text``) get the digits table and plot of
+``lmlab.multimodal.report`` (``report.md``/``report.png`` in the sweep directory, or ``out``); every
+other run directory gets the language-model report below. Directory names may contain ``=`` and
+``,`` (``outputs/attention=mla,pos=rope``): an argument that is not one of this command's keys is a
+directory.
+
+Language-model runs: reads every run directory under SWEEP_DIR (any directory holding a ``config.yaml``; layout in
 ``lmlab.train.run``): ``config.yaml``, ``summary.json``, ``metrics.csv``, ``probe.json`` (optional),
 ``error.txt`` (a failed multirun job). Writes ``SWEEP_DIR/report/`` (or ``out``):
 
@@ -28,9 +35,12 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import yaml
+
+from lmlab.cli import UsageError, arg, parse
 
 BOOKKEEPING = {"run_name", "run_dir", "sweep_name", "out_dir", "cache_dir", "resume", "extra",
                "trainer.progress_bar", "logger", "data.num_workers", "trainer.num_threads"}
@@ -90,6 +100,8 @@ def load_runs(sweep_dir: Path) -> list[Run]:
         r = Run(d, str(d.relative_to(sweep_dir)) if rel else d.name, flatten(raw or {}))
         if (d / "summary.json").exists():
             r.summary = json.loads((d / "summary.json").read_text())
+            if r.summary.get("task") == "image_text":
+                continue  # the digits report's (lmlab.multimodal.report)
         if (d / "probe.json").exists():
             r.probe = json.loads((d / "probe.json").read_text())
         r.curve = read_curve(d / "metrics.csv")
@@ -268,7 +280,7 @@ def build_report(sweep_dirs, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     if len(dirs) > 1 and out is None:
-        raise SystemExit("several sweep directories need out=DIR")
+        raise UsageError("several sweep directories need out=DIR")
     out = Path(out) if out else dirs[0] / "report"
     runs = []
     for d in dirs:
@@ -277,7 +289,7 @@ def build_report(sweep_dirs, out: str | Path | None = None) -> Path:
             runs.append(r)
     sweep_dir = dirs[0] if len(dirs) == 1 else Path(" + ".join(d.name for d in dirs))
     if not runs:
-        raise SystemExit(f"no run directories (config.yaml) under {', '.join(map(str, dirs))}")
+        raise UsageError(f"no run directories (config.yaml) under {', '.join(map(str, dirs))}")
     out.mkdir(parents=True, exist_ok=True)
     axes = find_axes(runs)
     variants = assign_variants(runs, axes)
@@ -355,16 +367,33 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
+USAGE = "python -m lmlab report SWEEP_DIR [SWEEP_DIR ...] [out=DIR]"
+
+
+@dataclass
+class Args:
+    out: Optional[str] = arg(None, "output directory (default: SWEEP_DIR/report; required for several directories)")
+
+
+def has_image_text_runs(d: Path) -> bool:
+    return any(json.loads(p.read_text()).get("task") == "image_text" for p in d.rglob("summary.json"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    pos = [a for a in argv if "=" not in a]
-    kw = dict(a.split("=", 1) for a in argv if "=" in a)
-    if not pos or set(kw) - {"out"}:
-        raise SystemExit(__doc__)
-    path = build_report(pos, kw.get("out"))
-    print(f"wrote {path} and its plots")
+    p = parse("report", Args, sys.argv[1:] if argv is None else argv, positional=True)
+    if not p.positional:
+        raise UsageError(f"report needs at least one run directory: {USAGE}")
+    dirs = [Path(d) for d in p.positional]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise UsageError(f"not a directory: {', '.join(missing)}")
+    digits = [d for d in dirs if has_image_text_runs(d)]
+    if digits:
+        from lmlab.multimodal.report import build_report as build_digits_report
+
+        build_digits_report(digits, p.args.out)
+    lm = [d for d in dirs if load_runs(d)]
+    if lm or not digits:
+        path = build_report(lm or dirs, p.args.out if not digits else Path(p.args.out or lm[0]) / "report")
+        print(f"wrote {path} and its plots")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
