@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from lmlab import registry
+from lmlab.errors import LmlabError
 
 
-class ConfigError(ValueError):
+class ConfigError(LmlabError, ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         n = len(problems)
@@ -172,6 +173,7 @@ class RunConfig:
     pos: Any = variant(registry.POS)
     tokenizer: Any = variant(registry.TOKENIZER)
     data: Any = variant(registry.DATA)
+    task: Any = variant(registry.TASK)  # lm | image_text (lmlab/tasks): loss, metrics, module
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -289,22 +291,33 @@ def _build_variant(reg: registry.Registry, data: Any, path: str, problems: list[
     return from_dict(cls.Config, data, path, problems)
 
 
-def _checks(obj: Any, run: RunConfig, problems: list[str]) -> None:
+def _checks(obj: Any, run: RunConfig, problems: list[str], typed: bool) -> None:
+    """Run every ``check(run)``. ``typed``: no key/type problem was found, so every value has its
+    declared type and a check that raises is a bug in the check -- it propagates with its traceback.
+    Otherwise a raising check is most likely tripping on a value already reported as wrongly typed;
+    it is reported as a problem (never dropped)."""
     if obj is None or not dataclasses.is_dataclass(obj):
         return
     check = getattr(obj, "check", None)
     if callable(check):
         try:
             problems.extend(check(run))
-        except (TypeError, ValueError, AttributeError):
-            pass  # a wrongly typed value, already reported, made this check meaningless
+        except Exception as e:
+            if typed:
+                raise
+            problems.append(f"{type(obj).__name__}.check could not run because of the problems above "
+                            f"({type(e).__name__}: {e})")
     for f in dataclasses.fields(obj):
-        _checks(getattr(obj, f.name), run, problems)
+        _checks(getattr(obj, f.name), run, problems, typed)
+
+
+VARIANT_GROUPS = {"attention": registry.ATTENTION, "pos": registry.POS, "tokenizer": registry.TOKENIZER,
+                  "data": registry.DATA, "task": registry.TASK}
 
 
 def load_variants() -> None:
     """Import every variant module so the registries are complete."""
-    for reg in (registry.ATTENTION, registry.POS, registry.TOKENIZER, registry.DATA):
+    for reg in VARIANT_GROUPS.values():
         reg.names()
 
 
@@ -318,11 +331,11 @@ def build_config(cfg: Any) -> RunConfig:
     cfg = {k: v for k, v in cfg.items() if k not in ("hydra", "debug", "experiment")}
     problems: list[str] = []
     run = from_dict(RunConfig, cfg, "", problems)
-    for group in ("attention", "pos", "tokenizer", "data"):
+    for group in VARIANT_GROUPS:
         if group not in cfg:
             problems.append(f"{group}: missing (choose one with {group}=NAME)")
-    if run is not None and all(getattr(run, g) is not None for g in ("attention", "pos", "tokenizer", "data")):
-        _checks(run, run, problems)  # cross-field checks run even beside key/type problems
+    if run is not None and all(getattr(run, g) is not None for g in VARIANT_GROUPS):
+        _checks(run, run, problems, typed=not problems)  # cross-field checks run even beside key/type problems
     if problems:
         raise ConfigError(problems)
     return run

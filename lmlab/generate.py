@@ -59,7 +59,11 @@ def main(argv: Optional[list[str]] = None, load=None, out=None, err=None) -> lis
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out, err = out or sys.stdout, err or sys.stderr
     if load is None:
-        from lmlab.train.loading import load_checkpoint as load
+        from lmlab.train.checkpoint import load_checkpoint
+
+        def load(path):
+            c = load_checkpoint(path)
+            return c.model, c.tokenizer, c.run
     model, tokenizer, run = load(args.ckpt)
     model = model.to(args.device).eval()
     ids = ([tokenizer.eos_id] if args.bos else []) + tokenizer.encode(args.prompt)

@@ -1,7 +1,7 @@
 """Continuation probe CLI (SPEC §5): ``python -m lmlab.probe ckpt=PATH [heal=true] [k=1] [KEY=VALUE ...]``.
 
 - ``ckpt=PATH``: a checkpoint, or a run directory (its ``checkpoints/last.ckpt``). The model, its
-  tokenizer and its config come from the checkpoint (``lmlab.train.loading.load_checkpoint``); the
+  tokenizer and its config come from the checkpoint (``lmlab.train.checkpoint.load_checkpoint``); the
   prompts from the run's held-out split (``lmlab.data.corpus.load_corpus``: same documents as the
   run's validation).
 - ``sweep=DIR``: probe every run directory under DIR that has ``checkpoints/last.ckpt`` and no
@@ -64,33 +64,11 @@ def resolve_ckpt(path: str) -> tuple[Path, Path]:
 
 
 def load(ckpt: Path, log=print):
-    """``load_checkpoint``, falling back to rebuilding the tokenizer from the run's config and the
-    tokenizer cache when the pickled tokenizer no longer loads (one pickled by an older lmlab)."""
-    from lmlab.train.loading import load_checkpoint
+    """-> (model, tokenizer, run) through ``lmlab.train.checkpoint.load_checkpoint``, the one loader."""
+    from lmlab.train.checkpoint import load_checkpoint
 
-    try:
-        return load_checkpoint(str(ckpt))
-    except (AttributeError, ImportError, TypeError) as e:
-        log(f"the checkpoint's pickled tokenizer does not load ({type(e).__name__}: {e}); "
-            "rebuilding it from the run config and the tokenizer cache")
-    import torch
-
-    from lmlab.config import ConfigError, RunConfig, from_dict, load_variants
-    from lmlab.data.corpus import build_tokenizer
-    from lmlab.model.transformer import build_model
-
-    load_variants()
-    state = torch.load(str(ckpt), map_location="cpu", weights_only=False)
-    problems: list[str] = []
-    run = from_dict(RunConfig, state["lmlab"]["config"], "", problems)
-    if problems:
-        raise ConfigError(problems)
-    tokenizer = build_tokenizer(run)
-    model = build_model(run, tokenizer.vocab_size)
-    weights = {k[len("model."):].replace("_orig_mod.", ""): v for k, v in state["state_dict"].items()
-               if k.startswith("model.")}
-    model.load_state_dict(weights)  # raises on a vocabulary mismatch
-    return model.eval(), tokenizer, run
+    c = load_checkpoint(str(ckpt))
+    return c.model, c.tokenizer, c.run
 
 
 def probe_checkpoint(ckpt: Path, cfg: ProbeConfig, out: Path, log=print) -> dict:

@@ -151,6 +151,17 @@ class SentencePieceTokenizer(Tokenizer):
         self.cfg, self.model_path = state["cfg"], state["model_path"]
         self._load(state["proto"])
 
+    def model_bytes(self) -> bytes:
+        return self._proto
+
+    @classmethod
+    def from_model_bytes(cls, data: bytes, cfg) -> SentencePieceTokenizer:
+        tok = cls.__new__(cls)
+        tok.cfg = cfg
+        tok.model_path = cfg.model_path or "(model bytes from a checkpoint)"
+        tok._load(data)
+        return tok
+
     @classmethod
     def build(cls, cfg: SentencePieceConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):
         path = cfg.model_path or train_sentencepiece(cfg, train_texts(), cache_dir)
