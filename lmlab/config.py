@@ -39,23 +39,30 @@ def variant(reg: registry.Registry) -> Any:
 
 @dataclass
 class ModelConfig:
-    """Decoder-only Transformer sizes; vocab_size comes from the tokenizer at build time."""
+    """Decoder-only Transformer sizes; vocab_size comes from the tokenizer at build time.
+
+    Defaults are conf/model/micro.yaml's (the default size); tests/test_defaults.py fails on any drift
+    between a yaml and its dataclass."""
 
     d_model: int = 256
-    n_layer: int = 4
+    n_layer: int = 3
     n_head: int = 4
-    head_dim: Optional[int] = None  # default d_model // n_head
+    head_dim: Optional[int] = None  # null: d_model // n_head (resolved at construction)
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     mlp_ratio: float = 4.0  # hidden = ratio*d (gelu) or 2/3*ratio*d rounded up to 32 (swiglu)
     dropout: float = 0.0
     tie_embeddings: bool = True
-    seq_len: int = 256
+    seq_len: int = 128
     norm_eps: float = 1e-5
     init_std: float = 0.02
 
-    @property
-    def dim_head(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_head
+    def __post_init__(self):
+        # head_dim: null means d_model // n_head, filled in here so that every reader (and the saved
+        # config) sees the number; whether it was derived is kept for the divisibility check.
+        self.head_dim_derived = self.head_dim is None
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.d_model, self.n_head))
+        if self.head_dim is None and ints and self.n_head > 0:
+            self.head_dim = self.d_model // self.n_head
 
     def check(self, run: RunConfig) -> list[str]:
         p = []
@@ -63,7 +70,7 @@ class ModelConfig:
             if isinstance(getattr(self, k), int) and getattr(self, k) <= 0:
                 p.append(f"model.{k}={getattr(self, k)} must be positive")
         ints = all(isinstance(v, int) for v in (self.d_model, self.n_head))
-        if ints and self.head_dim is None and self.n_head > 0 and self.d_model % self.n_head:
+        if ints and self.head_dim_derived and self.n_head > 0 and self.d_model % self.n_head:
             p.append(
                 f"model.n_head={self.n_head} does not divide model.d_model={self.d_model}"
                 " (set model.head_dim explicitly, or pick a divisor)"
@@ -79,7 +86,7 @@ class OptimConfig:
     lr: float = 3e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at trainer.max_steps
     grad_clip: float = 1.0
 
@@ -338,7 +345,19 @@ def build_config(cfg: Any) -> RunConfig:
         _checks(run, run, problems, typed=not problems)  # cross-field checks run even beside key/type problems
     if problems:
         raise ConfigError(problems)
+    _resolve(run, run)
     return run
+
+
+def _resolve(obj: Any, run: RunConfig) -> None:
+    """Fill derived values (``resolve(run)`` of each config, e.g. MLA's dims) once the config is valid,
+    so the saved config shows the numbers the run used instead of null."""
+    if obj is None or not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        _resolve(getattr(obj, f.name), run)
+    if callable(getattr(obj, "resolve", None)):
+        obj.resolve(run)
 
 
 def to_dict(run: RunConfig) -> dict:

@@ -34,8 +34,8 @@ def cache_formula(attn) -> str:
     name = attn.registry_name
     if name == "mla":
         return f"d_c + d_r = {attn.d_c} + {attn.d_r}"
-    if hasattr(attn, "n_kv") and hasattr(attn, "head_dim"):
-        return f"2·g·d_k = 2·{attn.n_kv}·{attn.head_dim}"
+    if hasattr(attn, "n_kv_head") and hasattr(attn, "head_dim"):
+        return f"2·g·d_k = 2·{attn.n_kv_head}·{attn.head_dim}"
     return ""
 
 
@@ -64,7 +64,7 @@ def report(run, context: Optional[int] = None) -> str:
     n_emb = model.tok_emb.weight.numel()
     lines = [
         f"attention={run.attention.name} pos={run.pos.name}  d_model={m.d_model} n_layer={m.n_layer} "
-        f"n_head={m.n_head} head_dim={m.dim_head} seq_len={m.seq_len} vocab_size={V}",
+        f"n_head={m.n_head} head_dim={m.head_dim} seq_len={m.seq_len} vocab_size={V}",
         f"parameters: {model.n_params():,} total; embedding {n_emb:,}"
         f" ({'tied with' if m.tie_embeddings else 'plus'} the LM head); per layer: attention {n_attn:,},"
         f" mlp {n_mlp:,}",
