@@ -52,6 +52,12 @@ class SentencePieceConfig(TokenizerConfig):
         p = []
         if self.vocab_size < 260 + 3 and self.model_path is None:
             p.append(f"tokenizer.vocab_size={self.vocab_size} must exceed 262 (256 byte pieces + specials)")
+        return p + self.sampling_problems()
+
+    def sampling_problems(self) -> list[str]:
+        """Problems with the sampling keys (``sample``, ``alpha``); a subclass that samples its own
+        way overrides this instead of filtering the messages."""
+        p = []
         if self.sample and self.model_type == "bpe" and not 0.0 <= self.alpha <= 1.0:
             p.append(f"tokenizer.alpha={self.alpha} is a BPE-dropout probability and must be in [0, 1]")
         if self.sample and self.alpha < 0:

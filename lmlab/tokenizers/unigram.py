@@ -65,10 +65,14 @@ class UnigramConfig(SentencePieceConfig):
     alpha: float = 0.2  # inverse temperature of the sampled modes (SPEC §3); why 0.2: module docstring
 
     def check(self, run) -> list[str]:
-        p = [x for x in super().check(run) if "alpha" not in x]
+        p = super().check(run)
         if self.model_type != "unigram":
             p.append(f"tokenizer.model_type={self.model_type}: tokenizer=unigram needs a unigram model "
                      "(use tokenizer=sentencepiece for BPE)")
+        return p
+
+    def sampling_problems(self) -> list[str]:
+        p = []
         if self.alpha < 0:
             p.append(f"tokenizer.alpha={self.alpha} must be >= 0 (0 samples uniformly over segmentations)")
         if self.sample:
