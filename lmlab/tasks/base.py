@@ -25,7 +25,8 @@ Guarantees of the base (tests: test_tasks.py, test_train.py, test_multimodal_tra
   history travel in the checkpoint's ``lmlab`` section (format ``lmlab.train.checkpoint.FORMAT``),
   which holds tensors and plain data only; ``on_load_checkpoint`` refuses (``ResumeError``) a
   checkpoint whose seed, worker count or world size differs from this run's.
-- Rank awareness: ``is_global_zero`` decides who prints; the world size is recorded and checked.
+- Rank awareness: the world size is recorded in the checkpoint and a resume under another is
+  refused (each rank's data share depends on it); the training streams shard by rank and worker.
 """
 
 from __future__ import annotations
