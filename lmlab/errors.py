@@ -27,3 +27,7 @@ class NonFiniteError(LmlabError, FloatingPointError):
 
 class MissingCheckpointError(LmlabError, FileNotFoundError):
     """``resume=true`` or ``resume=PATH`` names a checkpoint that does not exist."""
+
+
+class CheckpointWriteError(LmlabError, OSError):
+    """A checkpoint could not be written (disk full, permissions); the message names the directory."""

@@ -11,7 +11,14 @@ import pytest
 
 from lmlab.config import ConfigError
 from lmlab.data.sources.base import DataError
-from lmlab.errors import CheckpointError, LmlabError, NonFiniteError, ResumeError
+from lmlab.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    LmlabError,
+    MissingCheckpointError,
+    NonFiniteError,
+    ResumeError,
+)
 from lmlab.registry import UnknownVariantError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_lmlab_errors_share_one_base_and_keep_their_builtin_types():
     for cls, builtin in ((ConfigError, ValueError), (DataError, ValueError), (ResumeError, ValueError),
                          (CheckpointError, ValueError), (NonFiniteError, FloatingPointError),
-                         (UnknownVariantError, KeyError)):
+                         (UnknownVariantError, KeyError), (CheckpointWriteError, OSError),
+                         (MissingCheckpointError, FileNotFoundError)):
         assert issubclass(cls, LmlabError) and issubclass(cls, builtin), cls
 
 

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lmlab.errors import MissingCheckpointError
+from lmlab.errors import CheckpointWriteError, MissingCheckpointError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise OSError(e.errno, f"could not write checkpoint in {path.parent}: {e.strerror}") from e
+            raise CheckpointWriteError(e.errno, f"could not write checkpoint in {path.parent}: {e.strerror}") from e
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         """Lightning's resume reads through lmlab's one safe reader (weights_only, refusals name the file)."""
