@@ -4,7 +4,7 @@ Thin entry point: Hydra composes conf/, lmlab validates it (every problem at onc
 or model work) and trains in outputs/<run_name>/ (resuming if that directory has a checkpoint).
 Errors: lmlab's own (``lmlab.errors.LmlabError``: config, data, checkpoint and resume refusals) print as
 one message (exit 2); any other exception keeps its traceback. In a multirun a failed job writes
-``error.txt`` (the full traceback for anything but lmlab's own errors) and the sweep goes on.
+``error.txt`` (the full traceback, whatever the error) and the sweep goes on.
 """
 
 import os
@@ -46,8 +46,8 @@ def main(cfg: DictConfig):
         print(f"error in run {hc.runtime.output_dir}:\n{text}", file=sys.stderr)
         os.makedirs(hc.runtime.output_dir, exist_ok=True)
         with open(os.path.join(hc.runtime.output_dir, "error.txt"), "w") as f:
-            # the full traceback (and its causes) for a bug; the message for lmlab's own errors
-            f.write("".join(traceback.format_exception(e)) if not clean else text + "\n")
+            # the full traceback (with its causes) whatever the error: the console had the short form
+            f.write("".join(traceback.format_exception(e)))
         # one failing job must not stop the sweep
 
     try:  # validated before importing Lightning or touching data
