@@ -2,6 +2,9 @@
 
 Thin entry point: Hydra composes conf/, lmlab validates it (every problem at once, before any data
 or model work) and trains in outputs/<run_name>/ (resuming if that directory has a checkpoint).
+Errors: lmlab's own (``lmlab.errors.LmlabError``: config, data, checkpoint and resume refusals) print as
+one message (exit 2); any other exception keeps its traceback. In a multirun a failed job writes
+``error.txt`` (the full traceback, whatever the error) and the sweep goes on.
 """
 
 import os
@@ -21,26 +24,36 @@ OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, repla
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
+    import traceback
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from lmlab.config import ConfigError, build_config
-    from lmlab.registry import UnknownVariantError
+    from lmlab.config import build_config
+    from lmlab.errors import LmlabError
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
 
-    def fail(e: Exception):
-        print(f"error in run {hc.runtime.output_dir}:\n{e}", file=sys.stderr)
+    def fail(e: BaseException, clean: bool):
+        """lmlab's own errors (``clean``) are one message; anything else keeps its traceback."""
+        text = str(e) if clean else "".join(traceback.format_exception(e))
         if not multirun:
+            if not clean:
+                raise e
+            print(f"error in run {hc.runtime.output_dir}:\n{text}", file=sys.stderr)
             sys.exit(2)
+        print(f"error in run {hc.runtime.output_dir}:\n{text}", file=sys.stderr)
+        os.makedirs(hc.runtime.output_dir, exist_ok=True)
         with open(os.path.join(hc.runtime.output_dir, "error.txt"), "w") as f:
-            f.write(str(e) + "\n")  # one failing job must not stop the sweep
+            # the full traceback (with its causes) whatever the error: the console had the short form
+            f.write("".join(traceback.format_exception(e)))
+        # one failing job must not stop the sweep
 
     try:  # validated before importing Lightning or touching data
         run = build_config(cfg)
-    except (ConfigError, UnknownVariantError) as e:
-        return fail(e)
+    except LmlabError as e:
+        return fail(e, clean=True)
     run.run_dir = hc.runtime.output_dir
     from lmlab.config import resume_target
 
@@ -54,8 +67,10 @@ def main(cfg: DictConfig):
     except StoppedBySignal as e:  # stop the whole sweep too; rerunning resumes
         print(str(e), file=sys.stderr)
         sys.exit(143)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-        return fail(e)
+    except LmlabError as e:
+        return fail(e, clean=True)
+    except Exception as e:
+        return fail(e, clean=False)
 
 
 if __name__ == "__main__":

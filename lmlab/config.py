@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from lmlab import registry
+from lmlab.errors import LmlabError
 
 
-class ConfigError(ValueError):
+class ConfigError(LmlabError, ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         n = len(problems)
@@ -40,12 +41,15 @@ def variant(reg: registry.Registry) -> Any:
 
 @dataclass
 class ModelConfig:
-    """Decoder-only Transformer sizes; vocab_size comes from the tokenizer at build time."""
+    """Decoder-only Transformer sizes; vocab_size comes from the tokenizer at build time.
+
+    Defaults are conf/model/micro.yaml's (the default size); tests/test_defaults.py fails on any drift
+    between a yaml and its dataclass."""
 
     d_model: int = 256
-    n_layer: int = 4
+    n_layer: int = 3
     n_head: int = 4
-    head_dim: Optional[int] = None  # default d_model // n_head
+    head_dim: Optional[int] = None  # null: d_model // n_head (resolved at construction)
     mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"  # gelu: exact erf; gelu_tanh: GPT-2's
     mlp_ratio: float = 4.0  # hidden = ratio*d (gelu) or 2/3*ratio*d rounded up to 32 (swiglu)
     ffn_dim: Optional[int] = None  # explicit MLP hidden width; null: the mlp_ratio rule above
@@ -54,13 +58,17 @@ class ModelConfig:
     init_from: Optional[str] = None  # a local transformers checkpoint dir (lmlab.interop.imports)
     dropout: float = 0.0
     tie_embeddings: bool = True
-    seq_len: int = 256
+    seq_len: int = 128
     norm_eps: float = 1e-5
     init_std: float = 0.02
 
-    @property
-    def dim_head(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_head
+    def __post_init__(self):
+        # head_dim: null means d_model // n_head, filled in here so that every reader (and the saved
+        # config) sees the number; whether it was derived is kept for the divisibility check.
+        self.head_dim_derived = self.head_dim is None
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.d_model, self.n_head))
+        if self.head_dim is None and ints and self.n_head > 0:
+            self.head_dim = self.d_model // self.n_head
 
     def check(self, run: RunConfig) -> list[str]:
         p = []
@@ -68,7 +76,7 @@ class ModelConfig:
             if isinstance(getattr(self, k), int) and getattr(self, k) <= 0:
                 p.append(f"model.{k}={getattr(self, k)} must be positive")
         ints = all(isinstance(v, int) for v in (self.d_model, self.n_head))
-        if ints and self.head_dim is None and self.n_head > 0 and self.d_model % self.n_head:
+        if ints and self.head_dim_derived and self.n_head > 0 and self.d_model % self.n_head:
             p.append(
                 f"model.n_head={self.n_head} does not divide model.d_model={self.d_model}"
                 " (set model.head_dim explicitly, or pick a divisor)"
@@ -86,7 +94,7 @@ class OptimConfig:
     lr: float = 3e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at trainer.max_steps
     grad_clip: float = 1.0
 
@@ -199,6 +207,7 @@ class RunConfig:
     pos: Any = variant(registry.POS)
     tokenizer: Any = variant(registry.TOKENIZER)
     data: Any = variant(registry.DATA)
+    task: Any = variant(registry.TASK)  # lm | image_text (lmlab/tasks): loss, metrics, module
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -323,22 +332,33 @@ def _build_variant(reg: registry.Registry, data: Any, path: str, problems: list[
     return from_dict(cls.Config, data, path, problems)
 
 
-def _checks(obj: Any, run: RunConfig, problems: list[str]) -> None:
+def _checks(obj: Any, run: RunConfig, problems: list[str], typed: bool) -> None:
+    """Run every ``check(run)``. ``typed``: no key/type problem was found, so every value has its
+    declared type and a check that raises is a bug in the check -- it propagates with its traceback.
+    Otherwise a raising check is most likely tripping on a value already reported as wrongly typed;
+    it is reported as a problem (never dropped)."""
     if obj is None or not dataclasses.is_dataclass(obj):
         return
     check = getattr(obj, "check", None)
     if callable(check):
         try:
             problems.extend(check(run))
-        except (TypeError, ValueError, AttributeError):
-            pass  # a wrongly typed value, already reported, made this check meaningless
+        except Exception as e:
+            if typed:
+                raise
+            problems.append(f"{type(obj).__name__}.check could not run because of the problems above "
+                            f"({type(e).__name__}: {e})")
     for f in dataclasses.fields(obj):
-        _checks(getattr(obj, f.name), run, problems)
+        _checks(getattr(obj, f.name), run, problems, typed)
+
+
+VARIANT_GROUPS = {"attention": registry.ATTENTION, "pos": registry.POS, "tokenizer": registry.TOKENIZER,
+                  "data": registry.DATA, "task": registry.TASK}
 
 
 def load_variants() -> None:
     """Import every variant module so the registries are complete."""
-    for reg in (registry.ATTENTION, registry.POS, registry.TOKENIZER, registry.DATA):
+    for reg in VARIANT_GROUPS.values():
         reg.names()
 
 
@@ -350,16 +370,32 @@ def build_config(cfg: Any) -> RunConfig:
 
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = {k: v for k, v in cfg.items() if k not in ("hydra", "debug", "experiment")}
+    if isinstance(cfg.get("model"), dict) and cfg["model"].get("init_from"):
+        from lmlab.interop.imports import apply_init_from  # the architecture of a transformers dir
+
+        cfg = apply_init_from(cfg)
     problems: list[str] = []
     run = from_dict(RunConfig, cfg, "", problems)
-    for group in ("attention", "pos", "tokenizer", "data"):
+    for group in VARIANT_GROUPS:
         if group not in cfg:
             problems.append(f"{group}: missing (choose one with {group}=NAME)")
-    if run is not None and all(getattr(run, g) is not None for g in ("attention", "pos", "tokenizer", "data")):
-        _checks(run, run, problems)  # cross-field checks run even beside key/type problems
+    if run is not None and all(getattr(run, g) is not None for g in VARIANT_GROUPS):
+        _checks(run, run, problems, typed=not problems)  # cross-field checks run even beside key/type problems
     if problems:
         raise ConfigError(problems)
+    _resolve(run, run)
     return run
+
+
+def _resolve(obj: Any, run: RunConfig) -> None:
+    """Fill derived values (``resolve(run)`` of each config, e.g. MLA's dims) once the config is valid,
+    so the saved config shows the numbers the run used instead of null."""
+    if obj is None or not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        _resolve(getattr(obj, f.name), run)
+    if callable(getattr(obj, "resolve", None)):
+        obj.resolve(run)
 
 
 def to_dict(run: RunConfig) -> dict:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from lmlab.errors import LmlabError
+
 T = TypeVar("T")
 
 
-class UnknownVariantError(KeyError):
+class UnknownVariantError(LmlabError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
 
@@ -63,6 +65,7 @@ ATTENTION: Registry = Registry("attention", "lmlab.model.attention")
 POS: Registry = Registry("pos", "lmlab.model.pos")
 TOKENIZER: Registry = Registry("tokenizer", "lmlab.tokenizers")
 DATA: Registry = Registry("data", "lmlab.data.sources")
+TASK: Registry = Registry("task", "lmlab.tasks")
 
 
 def import_submodules(package_name: str) -> None:

@@ -5,13 +5,11 @@ lm-eval's accuracy on it equals the direct computation."""
 from __future__ import annotations
 
 import json
-import pickle
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import to_dict
 from lmlab.data.corpus import build_tokenizer
 from lmlab.eval.downstream import NEXTLINE, LmlabLM, evaluate, nextline_accuracy, nextline_docs
 from lmlab.eval.generate import generate
@@ -113,8 +111,9 @@ def test_nextline_docs_are_well_formed():
 
 def _checkpoint(run, tok, model, path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model." + k: v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "lmlab": {"config": to_dict(run), "tokenizer": pickle.dumps(tok)}}, path)
+    from lmlab.train.checkpoint import save_weights_checkpoint
+
+    save_weights_checkpoint(path, run, model, tok)
 
 
 def test_evaluate_writes_eval_json_and_lm_eval_agrees(setup, tmp_path):

@@ -251,9 +251,10 @@ def test_hf_tokenizer_counts_real_bytes_for_byte_level_bpe(tmp_path):
 
 
 def _fake_checkpoint(run, model, tokenizer, path: Path) -> None:
-    """The layout lmlab.train.loading.load_checkpoint reads (what a training run writes)."""
-    state = {"model." + k: v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "lmlab": {"config": to_dict(run), "tokenizer": pickle.dumps(tokenizer)}}, path)
+    """A weights-only checkpoint in the format the one loader reads."""
+    from lmlab.train.checkpoint import save_weights_checkpoint
+
+    save_weights_checkpoint(path, run, model, tokenizer)
 
 
 def test_export_checkpoint_end_to_end(compose, sp_tok, tmp_path):
@@ -286,6 +287,15 @@ def test_export_checkpoint_end_to_end(compose, sp_tok, tmp_path):
     load_hf_into(model2, str(out))
     with torch.no_grad():
         torch.testing.assert_close(model2(torch.tensor([ids])), model(torch.tensor([ids])), atol=1e-5, rtol=0)
+    # the training path: build_config applies the dir's architecture, the LM module loads its weights
+    run3 = build_config(OmegaConf.to_container(raw, resolve=True))
+    assert run3.pos.layout == "half" and run3.model.d_model == run.model.d_model
+    from lmlab.tasks.lm import LMModule
+
+    module = LMModule(run3, tok2, torch.ones(tok2.vocab_size))
+    with torch.no_grad():
+        torch.testing.assert_close(module.model.eval()(torch.tensor([ids])), model(torch.tensor([ids])),
+                                   atol=1e-5, rtol=0)
 
 
 def test_export_refusal_writes_nothing(compose, sp_tok, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from lmlab.config import ConfigError
 
-BASE = ["data=digits", "model.d_model=32", "model.n_layer=2", "model.n_head=4"]
+BASE = ["data=digits", "task=image_text", "model.d_model=32", "model.n_layer=2", "model.n_head=4"]
 
 
 def problems(compose, *overrides) -> list[str]:
@@ -15,7 +15,7 @@ def problems(compose, *overrides) -> list[str]:
 
 def test_default_digits_config_is_valid(compose):
     run = compose(BASE)
-    assert run.data.patch == 2 and run.data.image_head == "categorical"
+    assert run.data.patch == 2 and run.task.image_head == "categorical"
     from lmlab.registry import DATA
 
     assert DATA.get("digits").task == "image_text"

@@ -10,7 +10,7 @@ from lmlab.multimodal import digits, metrics
 from lmlab.multimodal.digits import GENERATE, PATCH, UNDERSTAND
 from lmlab.multimodal.model import ImageTextModel
 
-TINY = ["data=digits", "model.d_model=32", "model.n_layer=2", "model.n_head=4", "model.seq_len=64",
+TINY = ["data=digits", "task=image_text", "model.d_model=32", "model.n_layer=2", "model.n_head=4", "model.seq_len=64",
         "model.mlp=gelu", "model.dropout=0.0"]
 
 
@@ -32,7 +32,7 @@ def batch_of(val, n=4, patch=2, direction=GENERATE):
 @pytest.mark.parametrize("pos,head", [(p, "categorical") for p in (
     "rope", "rope2d", "rope_tie", "rope_tie_v2", "mrope", "learned", "alibi")] + [("rope_tie_v2", "fbdm")])
 def test_perturbing_patch_j_leaves_every_earlier_prediction_unchanged(compose, val, pos, head):
-    model = build(compose, f"pos={pos}", f"data.image_head={head}")
+    model = build(compose, f"pos={pos}", f"task.image_head={head}")
     for direction in (UNDERSTAND, GENERATE):
         b = batch_of(val, direction=direction)
         j = 5
@@ -51,7 +51,7 @@ def test_perturbing_patch_j_leaves_every_earlier_prediction_unchanged(compose, v
 
 
 def test_zeroed_categorical_head_gives_exactly_log2_17_bits_per_pixel(compose, val):
-    model = build(compose, "data.image_head=categorical")
+    model = build(compose, "task.image_head=categorical")
     torch.nn.init.zeros_(model.image_head.proj.weight)
     torch.nn.init.zeros_(model.image_head.proj.bias)
     m = metrics.evaluate(model, digits.eval_batches(*val, 2, 48))
@@ -61,7 +61,7 @@ def test_zeroed_categorical_head_gives_exactly_log2_17_bits_per_pixel(compose, v
 
 @pytest.mark.parametrize("mode,n", [("real", 16), ("unit", 34)])
 def test_fbdm_head_pmfs_sum_to_one(compose, val, mode, n):
-    model = build(compose, "data.image_head=fbdm", f"data.fbdm_mode={mode}", f"data.fbdm_n={n}")
+    model = build(compose, "task.image_head=fbdm", f"task.fbdm_mode={mode}", f"task.fbdm_n={n}")
     head = model.image_head
     h = torch.randn(3, 5, 32) * 3
     pmf = head.log_pmf(h).double().exp()  # (3, 5, P, 17)
@@ -98,7 +98,7 @@ def test_model_positions_come_from_the_assigner_and_stay_float(compose, val, pos
 def test_generation_feeds_samples_back_exactly_as_in_training(compose, val):
     """The hidden state that drew patch j during generation equals the teacher-forced state that
     predicts patch j on the finished sequence (right slot, same input map)."""
-    model = build(compose, "pos=rope2d", "data.image_head=fbdm")
+    model = build(compose, "pos=rope2d", "task.image_head=fbdm")
     seen = []
     orig = model.image_head.sample
 

@@ -11,10 +11,10 @@ def test_short_training_beats_the_marginal_baseline_and_resumes_exactly(compose,
     from lmlab.train.run import train
 
     base = [
-        "data=digits", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.seq_len=48",
+        "data=digits", "task=image_text", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.seq_len=48",
         "model.mlp=gelu", "model.dropout=0.1", "pos=rope2d", "optim.warmup_steps=20", "trainer.max_steps=150",
         "trainer.val_every=50", "trainer.log_every=25", "trainer.progress_bar=false", "trainer.num_threads=1",
-        "trainer.keep_last=3", "data.eval_split=val", "data.samples_per_class=1", f"out_dir={tmp_path}",
+        "trainer.keep_last=3", "task.eval_split=val", "task.samples_per_class=1", f"out_dir={tmp_path}",
     ]
     run = compose([*base, "run_name=a"])
     run.run_dir = str(tmp_path / "a")

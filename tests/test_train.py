@@ -81,8 +81,8 @@ def test_crash_and_resume_is_bit_for_bit(compose, tiny_overrides, tmp_path):
 
     a, b = losses(Path(ref.out_dir) / "ref"), losses(Path(run.out_dir) / "crashy")
     assert a == b and max(a) == 9  # every logged step, including 5..9 redone after the crash
-    wa = torch.load(Path(ref.out_dir) / "ref/checkpoints/last.ckpt", weights_only=False)
-    wb = torch.load(Path(run.out_dir) / "crashy/checkpoints/last.ckpt", weights_only=False)
+    wa = torch.load(Path(ref.out_dir) / "ref/checkpoints/last.ckpt", weights_only=True)
+    wb = torch.load(Path(run.out_dir) / "crashy/checkpoints/last.ckpt", weights_only=True)
     for k in wa["state_dict"]:
         assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), k
     sa, sb = wa["optimizer_states"][0]["state"], wb["optimizer_states"][0]["state"]
@@ -176,7 +176,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(compose, tiny_over
     with pytest.raises(StoppedBySignal, match="stopped by SIGTERM at step 4"):
         train(run, log=lambda *_: None, callbacks=[SigtermAt(3)])
     d = Path(run.out_dir) / "term"
-    assert torch.load(d / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
+    assert torch.load(d / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
     assert not (d / "summary.json").exists()  # an unfinished run gets no summary
     s = train(compose(tiny_overrides + ["run_name=term", "trainer.max_steps=8", "trainer.val_every=100"]),
               log=lambda *_: None)

@@ -222,3 +222,22 @@ def test_config_composes_and_reports_every_problem():
     msg = str(e.value)
     assert "tokenizer.alpha=-1.0 must be >= 0" in msg and "tokenizer.model_type=bpe" in msg
     assert "tokenizer.mode='nbest' is not one of" in msg
+
+
+def test_plain_data_state_round_trip(sp_model, held_out, tmp_path):
+    """to_state() is plain data (what a checkpoint stores); from_state() needs no model file."""
+    import io
+
+    import torch
+
+    from lmlab.tokenizers.base import Tokenizer
+
+    tok = make(sp_model, mode="sample", alpha=0.3)
+    buf = io.BytesIO()
+    torch.save(tok.to_state(), buf)
+    buf.seek(0)
+    clone = Tokenizer.from_state(torch.load(buf, weights_only=True))
+    assert type(clone) is UnigramTokenizer and clone.cfg == tok.cfg
+    doc = held_out[3][:2000]
+    assert clone.encode(doc, np.random.default_rng(5)) == tok.encode(doc, np.random.default_rng(5))
+    assert clone.bytes_table() == tok.bytes_table()

@@ -106,3 +106,22 @@ def test_pickle_and_bad_models(model_path, tmp_path):
         BytePieceTokenizer(str(bad))
     problems = BytePieceConfig(alpha=-1).check(None)
     assert any("tokenizer.model_path" in p for p in problems) and any("alpha" in p for p in problems)
+
+
+def test_plain_data_state_round_trip(model_path):
+    """to_state() is plain data (what a checkpoint stores); from_state() needs no model file."""
+    import io
+
+    import torch
+
+    from lmlab.tokenizers.base import Tokenizer
+
+    tok = BytePieceTokenizer(model_path, BytePieceConfig(model_path=model_path, mode="sample", alpha=0.5))
+    buf = io.BytesIO()
+    torch.save(tok.to_state(), buf)
+    buf.seek(0)
+    clone = Tokenizer.from_state(torch.load(buf, weights_only=True))
+    assert type(clone) is BytePieceTokenizer and clone.cfg == tok.cfg
+    text = "the thing in 中文\n\nthe end"
+    assert clone.encode(text, np.random.default_rng(2)) == tok.encode(text, np.random.default_rng(2))
+    assert clone.bytes_table() == tok.bytes_table()

@@ -277,38 +277,15 @@ def resolve_ckpt(path: str) -> Path:
 
 
 def load_checkpoint(path: str | Path, log=print):
-    """-> (model in eval mode, tokenizer or None, RunConfig): the commands' one checkpoint loader.
+    """-> (model in eval mode, tokenizer or None, RunConfig) of a checkpoint file or run directory.
 
-    Delegates to ``lmlab.train.loading.load_checkpoint``; when a checkpoint's pickled tokenizer no
-    longer loads (pickled by an older lmlab), rebuilds the tokenizer from the run's config and the
-    tokenizer cache.
+    The commands' one entry to ``lmlab.train.checkpoint.load_checkpoint`` (the one loader: tensors
+    and plain data only, ``weights_only=True``; a damaged or foreign file is refused naming it).
     """
-    from lmlab.train.loading import load_checkpoint as load
+    from lmlab.train.checkpoint import load_checkpoint as load
 
-    path = resolve_ckpt(str(path))
-    try:
-        return load(str(path))
-    except (AttributeError, ImportError, TypeError) as e:
-        log(f"the checkpoint's pickled tokenizer does not load ({type(e).__name__}: {e}); "
-            "rebuilding it from the run config and the tokenizer cache")
-    import torch
-
-    from lmlab.config import RunConfig, load_variants
-    from lmlab.data.corpus import build_tokenizer
-    from lmlab.model.transformer import build_model
-
-    load_variants()
-    state = torch.load(str(path), map_location="cpu", weights_only=False)
-    problems: list[str] = []
-    run = from_dict(RunConfig, state["lmlab"]["config"], "", problems)
-    if problems:
-        raise ConfigError(problems)
-    tokenizer = build_tokenizer(run)
-    model = build_model(run, tokenizer.vocab_size)
-    weights = {k[len("model."):].replace("_orig_mod.", ""): v for k, v in state["state_dict"].items()
-               if k.startswith("model.")}
-    model.load_state_dict(weights)  # raises on a vocabulary mismatch
-    return model.eval(), tokenizer, run
+    c = load(str(resolve_ckpt(str(path))))
+    return c.model, c.tokenizer, c.run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,9 +303,7 @@ def usage() -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     import importlib
 
-    from lmlab.data.sources.base import DataError
-    from lmlab.interop import InteropError
-    from lmlab.registry import UnknownVariantError
+    from lmlab.errors import LmlabError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -346,6 +321,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         rc = module.main(rest)  # commands return what they made (ids, text) for Python callers
         return rc if isinstance(rc, int) else 0
-    except (ConfigError, DataError, UsageError, UnknownVariantError, InteropError) as e:
+    except (LmlabError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ def report(run, context: Optional[int] = None) -> str:
     n_emb = model.tok_emb.weight.numel()
     lines = [
         f"attention={run.attention.name} pos={run.pos.name}  d_model={m.d_model} n_layer={m.n_layer} "
-        f"n_head={m.n_head} head_dim={m.dim_head} seq_len={m.seq_len} vocab_size={V}",
+        f"n_head={m.n_head} head_dim={m.head_dim} seq_len={m.seq_len} vocab_size={V}",
         f"parameters: {model.n_params():,} total; embedding {n_emb:,}"
         f" ({'tied with' if m.tie_embeddings else 'plus'} the LM head); per layer: attention {n_attn:,},"
         f" mlp {n_mlp:,}",

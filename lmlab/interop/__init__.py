@@ -9,6 +9,8 @@ refused with an ``InteropError`` naming the part no peer architecture has.
 
 from __future__ import annotations
 
+from lmlab.errors import LmlabError
 
-class InteropError(ValueError):
+
+class InteropError(LmlabError, ValueError):
     """One line: what does not map, and why."""

@@ -66,7 +66,7 @@ def _gpt2_checks(run) -> str:
         raise InteropError(f"model.norm={m.norm} with pos=learned: GPT-2 normalises with LayerNorm")
     if m.mlp not in ("gelu_tanh", "gelu"):
         raise InteropError(f"model.mlp={m.mlp} with pos=learned: GPT-2's MLP is gelu_tanh (or gelu)")
-    if m.dim_head * m.n_head != m.d_model:
+    if m.head_dim * m.n_head != m.d_model:
         raise InteropError(f"model.head_dim={m.head_dim}: GPT-2's head size is always d_model/n_head")
     return "gpt2"
 
@@ -111,7 +111,7 @@ def hf_config_dict(run, vocab_size: int, fam: str) -> dict:
     }
     if fam == "llama":
         n_kv = {"mha": m.n_head, "mqa": 1}.get(a.name) or a.n_kv_head
-        return {**base, "num_key_value_heads": n_kv, "head_dim": m.dim_head, "mlp_bias": m.bias}
+        return {**base, "num_key_value_heads": n_kv, "head_dim": m.head_dim, "mlp_bias": m.bias}
     d_c, d_r, d_n, d_v = a.dims(m)
     return {
         **base, "num_key_value_heads": m.n_head, "kv_lora_rank": d_c, "q_lora_rank": a.q_lora_rank,
@@ -157,14 +157,14 @@ def to_hf_state(model, run, fam: str) -> dict[str, torch.Tensor]:
         return sd
 
     put("model.embed_tokens.weight", model.tok_emb.weight)
-    perm = rope_perm(m.dim_head) if run.pos.layout == "interleaved" else None
+    perm = rope_perm(m.head_dim) if run.pos.layout == "interleaved" else None
     for i, b in enumerate(model.blocks):
         pre = f"model.layers.{i}."
         put(pre + "input_layernorm.weight", b.norm1.weight)
         put(pre + "post_attention_layernorm.weight", b.norm2.weight)
         at = b.attn
         if fam == "llama":
-            H, G = at.n_head, at.n_kv
+            H, G = at.n_head, at.n_kv_head
             for suffix in ("weight", "bias") if run.attention.bias else ("weight",):
                 q = getattr(at.q_proj, suffix)
                 k, v = getattr(at.kv_proj, suffix).chunk(2, dim=0)
@@ -237,7 +237,7 @@ def from_hf_state(hf: dict[str, torch.Tensor], run, fam: str, n_layer: int) -> d
 
     m = run.model
     sd["tok_emb.weight"] = get("model.embed_tokens.weight")
-    inv = _inverse(rope_perm(m.dim_head)) if run.pos.layout == "interleaved" else None
+    inv = _inverse(rope_perm(m.head_dim)) if run.pos.layout == "interleaved" else None
     for i in range(n_layer):
         pre, out = f"model.layers.{i}.", f"blocks.{i}."
         sd[out + "norm1.weight"] = get(pre + "input_layernorm.weight")
@@ -248,7 +248,7 @@ def from_hf_state(hf: dict[str, torch.Tensor], run, fam: str, n_layer: int) -> d
                 if pre + f"self_attn.q_proj.{suffix}" not in hf:
                     continue
                 q, k = get(pre + f"self_attn.q_proj.{suffix}"), get(pre + f"self_attn.k_proj.{suffix}")
-                G = k.shape[0] // m.dim_head
+                G = k.shape[0] // m.head_dim
                 if inv is not None:
                     q, k = _permute_heads(q, H, inv), _permute_heads(k, G, inv)
                 sd[out + f"attn.q_proj.{suffix}"] = q

@@ -5,5 +5,5 @@
 - ``heads``    image output heads: per-pixel categorical over 17 levels, or FBDM;
 - ``model``    ``ImageTextModel``: embeddings, positions from the pos module's assigner, masked losses;
 - ``metrics``  bits/byte, bits/pixel, caption accuracy, generation judge, sample grid;
-- ``task``     the ``image_text`` training task (``data=digits``) for ``lmlab.train.run``.
+- the training task that uses them is ``lmlab.tasks.image_text`` (``data=digits task=image_text``).
 """

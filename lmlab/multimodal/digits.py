@@ -18,7 +18,9 @@ Design choices and guarantees:
   apart and kept out of caption bits/byte.
 - Training draws (template, direction) per example from ``default_rng([seed, epoch, index])``; the
   order of examples in an epoch from ``default_rng([seed, epoch])``. Both depend only on the global
-  example index, so a resumed run (``start`` = batches consumed × batch size) sees the same stream.
+  example index, so a resumed run (``start`` = batches consumed × batch size) sees the same stream;
+  batches are sharded over DataLoader workers and DDP ranks (each example once per epoch, any
+  ``data.num_workers``; ``batch["index"]`` names the training images of a batch).
 """
 
 from __future__ import annotations
@@ -187,23 +189,50 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.start_batch = start_batch
 
     def example(self, k: int) -> dict:
-        n = len(self.labels)
-        epoch, j = divmod(k, n)
-        idx = int(np.random.default_rng([self.seed, epoch]).permutation(n)[j])
+        epoch = k // len(self.labels)
+        idx = self.example_index(k)
         rng = np.random.default_rng([self.seed, epoch, idx])
         template = self.templates[rng.integers(len(self.templates))]
         direction = UNDERSTAND if rng.random() < self.understand_frac else GENERATE
-        return encode(caption(template, int(self.labels[idx])), self.patches[idx], direction) | {"epoch": epoch}
+        ex = encode(caption(template, int(self.labels[idx])), self.patches[idx], direction)
+        return ex | {"epoch": epoch, "index": idx}
+
+    def example_index(self, k: int) -> int:
+        """The training image that example k of the stream shows (the epoch's permutation is cached)."""
+        n = len(self.labels)
+        epoch, j = divmod(k, n)
+        if getattr(self, "_perm_epoch", None) != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+            self._perm_epoch = epoch
+        return int(self._perm[j])
 
     def __iter__(self):
-        b = self.start_batch
+        """Batches start_batch, start_batch+1, ... of this rank, split over the DataLoader's workers:
+        worker w of W yields batches start_batch + w, + w + W, ...; the loader takes one batch from each
+        worker in turn, so the sequence is the same for any W and no example is yielded twice. Under DDP
+        rank r of R takes global batches i·R + r (its i-th batch), so ranks never overlap either."""
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        rank, world = _rank()
+        i = self.start_batch + wid
         while True:
+            b = i * world + rank
             k0 = b * self.batch_size
             exs = [self.example(k) for k in range(k0, k0 + self.batch_size)]
             batch = collate(exs, self.grid)
             batch["epoch"] = exs[-1]["epoch"]
+            batch["index"] = torch.tensor([e["index"] for e in exs])
             yield batch
-            b += 1
+            i += nw
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size) of this process under torch.distributed, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def eval_batches(images, labels, patch: int, batch_size: int, template: str = EVAL_TEMPLATE,

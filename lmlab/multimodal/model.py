@@ -39,7 +39,8 @@ class ImageTextModel(nn.Module):
         self.patch_emb = nn.Linear(d.patch * d.patch, C)
         nn.init.normal_(self.patch_emb.weight, std=run.model.init_std)
         nn.init.zeros_(self.patch_emb.bias)
-        self.image_head = build_head(d.image_head, C, d.patch * d.patch, d.fbdm_n, d.fbdm_mode, d.fbdm_gamma)
+        t = run.task  # the head and its loss settings are the image_text task's keys
+        self.image_head = build_head(t.image_head, C, d.patch * d.patch, t.fbdm_n, t.fbdm_mode, t.fbdm_gamma)
         self._positions: dict[Layout, torch.Tensor] = {}
 
     def n_params(self) -> int:

@@ -10,11 +10,15 @@
 - ``decode(ids)``: text, decoding the concatenated bytes (a sample may split a character across
   byte pieces, so per-token decoding would be wrong).
 
-A tokenizer must pickle (DataLoader workers receive a copy).
+A tokenizer must pickle (DataLoader workers receive a copy). For checkpoints it is *not* pickled:
+``to_state()`` gives plain data (registered name, config dict, model file bytes) and
+``Tokenizer.from_state(state)`` rebuilds it from that alone, so a checkpoint loads with
+``torch.load(weights_only=True)`` and needs no cache or model file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Optional
@@ -65,3 +69,30 @@ class Tokenizer:
 
     def describe(self) -> dict:
         return {"vocab_size": self.vocab_size, "sampling": self.sampling}
+
+    # ---- plain-data state for checkpoints ------------------------------------------------------
+
+    def model_bytes(self) -> bytes:
+        """The model file's bytes, from which ``from_model_bytes`` rebuilds this tokenizer."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_model_bytes(cls, data: bytes, cfg) -> Tokenizer:
+        raise NotImplementedError
+
+    def to_state(self) -> dict:
+        """{"name": registered name, "config": the config as a dict, "model": bytes}: plain data only."""
+        return {"name": self.registry_name, "config": dataclasses.asdict(self.cfg), "model": self.model_bytes()}
+
+    @staticmethod
+    def from_state(state: dict) -> Tokenizer:
+        """The tokenizer ``to_state`` described (any registered kind)."""
+        from lmlab.config import ConfigError, from_dict
+        from lmlab.registry import TOKENIZER
+
+        cls = TOKENIZER.get(state["name"])
+        problems: list[str] = []
+        cfg = from_dict(cls.Config, state["config"], "tokenizer", problems)
+        if problems:
+            raise ConfigError(problems)
+        return cls.from_model_bytes(bytes(state["model"]), cfg)

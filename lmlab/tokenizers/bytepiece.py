@@ -35,7 +35,7 @@ import numpy as np
 from lmlab.registry import TOKENIZER
 from lmlab.tokenizers.base import Tokenizer, TokenizerConfig
 from lmlab.tokenizers.lattice import MODES, LatticeModel
-from lmlab.tokenizers.unigram import _fix_surrogates, with_mode
+from lmlab.tokenizers.lattice_modes import fix_surrogates, with_mode
 
 _CHUNK = re.compile(r".*\n+|.+")
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -62,13 +62,21 @@ class BytePieceConfig(TokenizerConfig):
 def normalize(text: str) -> list[bytes]:
     """BytePiece's pre-processing: NFC, then line chunks (each keeps its trailing newlines).
     Lone surrogates become U+FFFD, as in ``tokenizer=unigram``."""
-    text = unicodedata.normalize("NFC", _fix_surrogates(text))
+    text = unicodedata.normalize("NFC", fix_surrogates(text))
     return [t.encode("utf-8") for t in _CHUNK.findall(text)]
 
 
 def load_bytepiece(path: str) -> tuple[LatticeModel, list[bytes]]:
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+    with open(path, "rb") as f:
+        return parse_bytepiece(f.read(), path)
+
+
+def parse_bytepiece(data: bytes, path: str) -> tuple[LatticeModel, list[bytes]]:
+    """A BytePiece model file's bytes -> (lattice model, piece bytes table); ``path`` names it in errors."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a BytePiece model (not JSON: {e})") from None
     if not isinstance(raw, dict) or not all(isinstance(v, list) and len(v) == 3 for v in raw.values()):
         raise ValueError(f"{path}: not a BytePiece model (expected {{base64(piece): [id, text, count]}})")
     pieces = {b64decode(k): int(v[0]) for k, v in raw.items()}
@@ -105,7 +113,12 @@ class BytePieceTokenizer(Tokenizer):
             raise ValueError(f"tokenizer.mode={self.cfg.mode!r} / alpha={self.cfg.alpha}: mode must be one of "
                              f"{', '.join(MODES)} and alpha >= 0")
         self.model_path = str(model_path)
-        self.model, self._bytes = load_bytepiece(self.model_path)
+        with open(self.model_path, "rb") as f:
+            self._load(f.read())
+
+    def _load(self, raw: bytes) -> None:
+        self._raw = raw
+        self.model, self._bytes = parse_bytepiece(raw, self.model_path)
         self.sampling = self.cfg.mode != "viterbi"
         from lmlab.tokenizers.lattice_fast import warm_up
 
@@ -119,6 +132,17 @@ class BytePieceTokenizer(Tokenizer):
         from lmlab.tokenizers.lattice_fast import warm_up
 
         warm_up(self.model)
+
+    def model_bytes(self) -> bytes:
+        return self._raw
+
+    @classmethod
+    def from_model_bytes(cls, data: bytes, cfg) -> BytePieceTokenizer:
+        tok = cls.__new__(cls)
+        tok.cfg = cfg
+        tok.model_path = cfg.model_path or "(model bytes from a checkpoint)"
+        tok._load(data)
+        return tok
 
     @classmethod
     def build(cls, cfg: BytePieceConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):

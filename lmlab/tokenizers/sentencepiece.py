@@ -52,6 +52,12 @@ class SentencePieceConfig(TokenizerConfig):
         p = []
         if self.vocab_size < 260 + 3 and self.model_path is None:
             p.append(f"tokenizer.vocab_size={self.vocab_size} must exceed 262 (256 byte pieces + specials)")
+        return p + self.sampling_problems()
+
+    def sampling_problems(self) -> list[str]:
+        """Problems with the sampling keys (``sample``, ``alpha``); a subclass that samples its own
+        way overrides this instead of filtering the messages."""
+        p = []
         if self.sample and self.model_type == "bpe" and not 0.0 <= self.alpha <= 1.0:
             p.append(f"tokenizer.alpha={self.alpha} is a BPE-dropout probability and must be in [0, 1]")
         if self.sample and self.alpha < 0:
@@ -150,6 +156,17 @@ class SentencePieceTokenizer(Tokenizer):
     def __setstate__(self, state):
         self.cfg, self.model_path = state["cfg"], state["model_path"]
         self._load(state["proto"])
+
+    def model_bytes(self) -> bytes:
+        return self._proto
+
+    @classmethod
+    def from_model_bytes(cls, data: bytes, cfg) -> SentencePieceTokenizer:
+        tok = cls.__new__(cls)
+        tok.cfg = cfg
+        tok.model_path = cfg.model_path or "(model bytes from a checkpoint)"
+        tok._load(data)
+        return tok
 
     @classmethod
     def build(cls, cfg: SentencePieceConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):

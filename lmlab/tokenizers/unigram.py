@@ -45,7 +45,6 @@ SentencePiece). Other models are normalized with SentencePiece's own normalizer 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -53,6 +52,7 @@ import numpy as np
 
 from lmlab.registry import TOKENIZER
 from lmlab.tokenizers.lattice import MODES, LatticeModel
+from lmlab.tokenizers.lattice_modes import fix_surrogates, with_mode
 from lmlab.tokenizers.sentencepiece import WHITESPACE, SentencePieceConfig, SentencePieceTokenizer
 
 _UNK_PENALTY = np.float32(10.0)  # SentencePiece's kUnkPenalty
@@ -65,10 +65,14 @@ class UnigramConfig(SentencePieceConfig):
     alpha: float = 0.2  # inverse temperature of the sampled modes (SPEC §3); why 0.2: module docstring
 
     def check(self, run) -> list[str]:
-        p = [x for x in super().check(run) if "alpha" not in x]
+        p = super().check(run)
         if self.model_type != "unigram":
             p.append(f"tokenizer.model_type={self.model_type}: tokenizer=unigram needs a unigram model "
                      "(use tokenizer=sentencepiece for BPE)")
+        return p
+
+    def sampling_problems(self) -> list[str]:
+        p = []
         if self.alpha < 0:
             p.append(f"tokenizer.alpha={self.alpha} must be >= 0 (0 samples uniformly over segmentations)")
         if self.sample:
@@ -77,28 +81,6 @@ class UnigramConfig(SentencePieceConfig):
         return p
 
 
-def _fix_surrogates(text: str) -> str:
-    """Lone surrogates -> U+FFFD (surrogate pairs are joined); other text is returned as is."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def with_mode(tok, mode: Optional[str] = None, alpha: Optional[float] = None):
-    """A copy of a lattice tokenizer (``cfg.mode``, ``cfg.alpha``) that segments with another mode
-    and/or alpha; it shares the model (no reload)."""
-    cfg = dataclasses.replace(tok.cfg, mode=mode or tok.cfg.mode,
-                              alpha=tok.cfg.alpha if alpha is None else float(alpha))
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
-    if cfg.alpha < 0:
-        raise ValueError(f"alpha={cfg.alpha} must be >= 0")
-    new = object.__new__(type(tok))
-    new.__dict__.update(tok.__dict__)
-    new.cfg, new.sampling = cfg, cfg.mode != "viterbi"
-    return new
 
 
 def load_lattice_model(proto: bytes, where: str = "model",
@@ -185,7 +167,7 @@ class UnigramTokenizer(SentencePieceTokenizer):
         try:
             raw = text.encode("utf-8")
         except UnicodeEncodeError:
-            text = _fix_surrogates(text)
+            text = fix_surrogates(text)
             raw = text.encode("utf-8")
         if not self.lossless:
             return self.sp.normalize(text).encode("utf-8")

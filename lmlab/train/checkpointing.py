@@ -1,6 +1,7 @@
 """Atomic checkpoints, retention, resume resolution, and graceful stop on SIGTERM.
 
-- ``AtomicCheckpointIO`` writes ``<path>.tmp`` then ``os.replace`` -- a crash mid-save never leaves
+- ``AtomicCheckpointIO`` reads through ``lmlab.train.checkpoint.read_checkpoint`` (weights only) and
+  writes ``<path>.tmp`` then ``os.replace`` -- a crash mid-save never leaves
   a partial file at the final path, and the previous checkpoint stays loadable. A failed write
   (e.g. disk full) removes the temporary file and re-raises naming the directory.
 - ``resolve_resume``: ``auto`` resumes from ``checkpoints/last.ckpt`` when it exists, else starts
@@ -19,6 +20,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lmlab.errors import CheckpointWriteError, MissingCheckpointError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
@@ -33,7 +36,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise OSError(e.errno, f"could not write checkpoint in {path.parent}: {e.strerror}") from e
+            raise CheckpointWriteError(e.errno, f"could not write checkpoint in {path.parent}: {e.strerror}") from e
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Lightning's resume reads through lmlab's one safe reader (weights_only, refusals name the file)."""
+        from lmlab.train.checkpoint import read_checkpoint
+
+        return read_checkpoint(path, map_location if map_location is not None else "cpu")
 
     def remove_checkpoint(self, path) -> None:
         try:
@@ -51,10 +60,10 @@ def resolve_resume(resume: str | bool, ckpt_dir: Path) -> str | None:
         return None
     if resume in ("true", "True", "yes"):
         if not last.exists():
-            raise FileNotFoundError(f"resume=true but there is no checkpoint in {ckpt_dir}")
+            raise MissingCheckpointError(f"resume=true but there is no checkpoint in {ckpt_dir}")
         return str(last)
     if not Path(resume).exists():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint file")
+        raise MissingCheckpointError(f"resume={resume}: no such checkpoint file")
     return resume
 
 

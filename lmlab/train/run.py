@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from lmlab.config import to_dict
+from lmlab.errors import ResumeError
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -41,9 +42,10 @@ def train(run, log=print, callbacks=()) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from lmlab.registry import TASK
+    from lmlab.train.checkpoint import read_checkpoint
     from lmlab.train.checkpointing import AtomicCheckpointIO, GracefulStop, StoppedBySignal, resolve_resume
     from lmlab.train.logging import RunCSVLogger, wandb_logger
-    from lmlab.train.task import get_task
 
     t0 = time.time()
     # Lightning's start-up banners (GPU available, tips) are noise in a lab log; warnings stay
@@ -68,15 +70,15 @@ def train(run, log=print, callbacks=()) -> dict:
             log(f"resume=false: removed {len(old)} old checkpoint(s) from {ckpt_dir}")
     resume_step = None
     if ckpt_path:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt_path)  # the same safe reader Lightning's resume goes through
         resume_step = state["global_step"]
-        task_state = state.get("lmlab", {})
-        _check_compatible(task_state.get("config"), config, ckpt_path)
+        task_state = state["lmlab"]
+        _check_compatible(task_state["config"], config, ckpt_path)
         log(f"resuming from {ckpt_path} at step {resume_step}")
-    task = get_task(run, log=log)
+    task = TASK.get(run.task.name)(run, log=log)
     task.datamodule.setup("fit")
     if ckpt_path:
-        task.set_start_batch(task_state.get("batches_seen", resume_step))
+        task.set_start_batch(task_state["batches_seen"])
     module = task.module()
     log(f"model: {module.model.n_params():,} parameters; run dir {run_dir}; {threads} torch threads, "
         f"{run.data.num_workers} tokenizer worker(s)")
@@ -103,8 +105,8 @@ def train(run, log=print, callbacks=()) -> dict:
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
     )
     try:
-        # our own checkpoints hold RNG states and the pickled tokenizer, not only tensors
-        trainer.fit(module, datamodule=task.datamodule, ckpt_path=ckpt_path, weights_only=False)
+        # tensors and plain data only (lmlab.train.checkpoint); AtomicCheckpointIO reads it safely too
+        trainer.fit(module, datamodule=task.datamodule, ckpt_path=ckpt_path, weights_only=True)
         if stopper.requested:  # no summary for an unfinished run; the same command resumes it
             raise StoppedBySignal(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint in {ckpt_dir}")
         trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))
@@ -142,7 +144,7 @@ def train(run, log=print, callbacks=()) -> dict:
             wandb.finish()
 
 
-RESUME_MUST_MATCH = ("model", "attention", "pos", "tokenizer", "data", "seed")
+RESUME_MUST_MATCH = ("model", "attention", "pos", "tokenizer", "data", "task", "seed")
 
 
 def _flat(d, prefix=""):
@@ -171,7 +173,7 @@ def _check_compatible(saved: dict | None, current: dict, ckpt_path) -> None:
     diff = [f"{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        raise ValueError(
+        raise ResumeError(
             f"cannot resume from {ckpt_path}: the run that wrote it differs in\n  - " + "\n  - ".join(diff)
             + "\nuse another run_name=, or resume=false to start this directory over"
         )

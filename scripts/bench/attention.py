@@ -51,7 +51,7 @@ def variants(D: int) -> dict:
 def build(key: str, args, device):
     load_variants()
     mc = ModelConfig(d_model=args.d_model, n_head=args.n_head, n_layer=1, seq_len=args.max_len)
-    name, kw, pos = variants(mc.dim_head)[key]
+    name, kw, pos = variants(mc.head_dim)[key]
     p = POS.get(pos)(POS.get(pos).Config(name=pos), mc)
     torch.manual_seed(0)
     return ATTENTION.get(name)(ATTENTION.get(name).Config(name=name, **kw), mc, p).to(device), p

@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.errors import LmlabError
 
-class DataError(ValueError):
-    pass
+
+class DataError(LmlabError, ValueError):
+    """Bad input data (a missing or unreadable file, an empty corpus); the message names it."""
 
 
 @dataclass
@@ -30,13 +32,15 @@ class DataConfig:
     strict_utf8: bool = False
     max_docs: int = 0  # 0 = all; a cap for quick runs and tests
 
+    uses_val_fraction = True  # False in a source with its own fixed split (its val_fraction is unused)
+
     def check(self, run) -> list[str]:
         p = []
         if self.batch_size <= 0:
             p.append(f"data.batch_size={self.batch_size} must be positive")
         if self.num_workers < 0:
             p.append(f"data.num_workers={self.num_workers} must be >= 0")
-        if not 0.0 < self.val_fraction < 1.0:
+        if self.uses_val_fraction and not 0.0 < self.val_fraction < 1.0:
             p.append(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         return p
 
@@ -105,7 +109,7 @@ def finish(texts: list[str], cfg: DataConfig, report: ReadReport, what: str):
 
 class DataSource:
     Config = DataConfig
-    task = "lm"  # which training task consumes this source (see lmlab.train.task)
+    task = "lm"  # the task (conf/task, lmlab/tasks) this source feeds; the task's check enforces it
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg

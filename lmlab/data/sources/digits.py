@@ -1,9 +1,9 @@
 """``data=digits``: scikit-learn's bundled 8×8 handwritten digits as image-text sequences (SPEC §15.3).
 
-This source feeds the ``image_text`` task (``lmlab.multimodal.task``), not the text pipeline: the
-sequences, vocabulary (260 byte-level ids, the ``tokenizer`` group is not used), heads and metrics
-live in ``lmlab.multimodal``. The keys of this group configure the whole lab, so that a run's
-``data.*`` says everything about the image side (patch size, image head, templates).
+This source feeds the ``image_text`` task (``task=image_text``, ``lmlab.tasks.image_text``), not the
+text pipeline: the sequences, vocabulary (260 byte-level ids, the ``tokenizer`` group is not used),
+heads and metrics live in ``lmlab.multimodal``. The keys of this group say what the data is (patch
+size, templates, splits); how it is learned (image head, loss weights, early stopping) is the task's.
 
 Start-up checks (each names the key to change): a patch size that does not divide the 8×8 image; a
 template that is not ``{word}``/``{numeral}`` text; a caption (under any template, any digit) whose
@@ -17,7 +17,6 @@ apply; ``val_seed`` fixes the split permutation and ``max_docs`` caps the traini
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from lmlab.data.sources.base import DataConfig, DataSource
 from lmlab.registry import DATA
@@ -31,24 +30,17 @@ class DigitsConfig(DataConfig):
     batch_size: int = 32
     num_workers: int = 0  # sequences are built in the trainer process (microseconds each)
     patch: int = 2  # p: p×p patches, M = (8/p)² per image
-    image_head: Literal["categorical", "fbdm"] = "categorical"
-    fbdm_n: int = 16  # non-DC frequencies N (SPEC §14: 8-16 real-line, ≥ 34 unit)
-    fbdm_mode: Literal["real", "unit"] = "real"
-    fbdm_gamma: float = 1e-4  # smoothness penalty weight on normalized coefficients
-    img_weight: float = 1.0  # λ_img: loss = text CE + λ_img · image NLL per pixel
     n_test: int = 360
     n_val: int = 144  # carved from the 1437 training images; early stopping / best checkpoint
     understand_frac: float = 0.5  # share of training sequences with the caption after the image
     train_templates: list[str] = field(default_factory=lambda: [
         "this is a {word}.", "a handwritten {word}.", "the digit {numeral}.", "a picture of {word}."])
     eval_template: str = "this is a {word}."
-    eval_split: Literal["test", "val"] = "test"  # where the final summary metrics are measured
-    samples_per_class: int = 20  # caption-conditioned samples per digit (judge accuracy, PNG grid)
-    val_caption_acc: bool = False  # also score the 10 captions at every validation (slower)
-    patience: int = 0  # stop after this many validations without a better val image bpp (0: never)
+
+    uses_val_fraction = False  # the split is fixed by n_test/n_val
 
     def check(self, run) -> list[str]:
-        p = [q for q in super().check(run) if not q.startswith("data.val_fraction")]
+        p = super().check(run)
         from lmlab.multimodal import digits
 
         if self.patch <= 0 or digits.SIDE % self.patch:
@@ -56,12 +48,6 @@ class DigitsConfig(DataConfig):
                 f"data.patch={self.patch} does not divide the {digits.SIDE}×{digits.SIDE} digits image"
                 " (choose 1, 2, 4 or 8)"
             )
-        if self.fbdm_n < 1:
-            p.append(f"data.fbdm_n={self.fbdm_n} must be >= 1")
-        if self.patience < 0:
-            p.append(f"data.patience={self.patience} must be >= 0 (0 disables early stopping)")
-        if self.img_weight < 0:
-            p.append(f"data.img_weight={self.img_weight} must be >= 0")
         if not 0.0 <= self.understand_frac <= 1.0:
             p.append(f"data.understand_frac={self.understand_frac} must be in [0, 1]")
         if self.n_test < 1 or self.n_val < 1 or self.n_test + self.n_val >= N_IMAGES:

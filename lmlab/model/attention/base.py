@@ -150,4 +150,7 @@ class Attention(nn.Module):
         return {}
 
     def positional_bias(self, q_pos, k_pos, n_head):
-        return self.pos.bias(q_pos, k_pos, n_head) if self.pos.has_bias else None
+        if not self.pos.has_bias:
+            return None
+        p = next(self.parameters(), None)  # the bias is computed in float64 for a float64 layer
+        return self.pos.bias(q_pos, k_pos, n_head, p.dtype if p is not None else torch.float32)

@@ -1,6 +1,6 @@
 """Grouped-query attention (Ainslie et al. 2023): ``n_kv_head`` key/value groups shared by the heads. SPEC §9.
 
-Design: GQA is MHA with fewer key/value heads; the layer only overrides ``n_kv_heads`` and keeps MHA's
+Design: GQA is MHA with fewer key/value heads; the layer only overrides ``kv_head_count`` and keeps MHA's
 projections, position hooks and cache. Head s reads group ⌊s·g/h⌋ (consecutive heads share a group,
 the ``repeat_interleave`` layout of ``kernels.attention``).
 
@@ -36,5 +36,5 @@ class GQAConfig(AttentionConfig):
 class GQA(MHA):
     Config = GQAConfig
 
-    def n_kv_heads(self) -> int:
+    def kv_head_count(self) -> int:
         return self.cfg.n_kv_head

@@ -20,23 +20,24 @@ from lmlab.registry import ATTENTION
 class MHA(Attention):
     Config = AttentionConfig
 
-    def n_kv_heads(self) -> int:
+    def kv_head_count(self) -> int:
+        """How many key/value heads this layer has (GQA/MQA override); stored as ``self.n_kv_head``."""
         return self.model_cfg.n_head
 
     def __init__(self, cfg: AttentionConfig, model_cfg, pos):
         super().__init__(cfg, model_cfg, pos)
-        C, H, D = model_cfg.d_model, model_cfg.n_head, model_cfg.dim_head
-        self.n_head, self.n_kv, self.head_dim = H, self.n_kv_heads(), D
+        C, H, D = model_cfg.d_model, model_cfg.n_head, model_cfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = H, self.kv_head_count(), D
         self.q_proj = nn.Linear(C, H * D, bias=cfg.bias)
-        self.kv_proj = nn.Linear(C, 2 * self.n_kv * D, bias=cfg.bias)
+        self.kv_proj = nn.Linear(C, 2 * self.n_kv_head * D, bias=cfg.bias)
         self.o_proj = nn.Linear(H * D, C, bias=cfg.bias)
         self.dropout = model_cfg.dropout
 
     def cache_elems_per_token(self) -> int:
-        return 2 * self.n_kv * self.head_dim
+        return 2 * self.n_kv_head * self.head_dim
 
     def cache_formula(self) -> str:
-        return f"2·g·d_k = 2·{self.n_kv}·{self.head_dim}"
+        return f"2·g·d_k = 2·{self.n_kv_head}·{self.head_dim}"
 
     def attention_flops(self, context: int) -> dict[str, int]:
         f = 4 * self.n_head * self.head_dim * context  # q·k scores and weighted values, every head
@@ -45,7 +46,7 @@ class MHA(Attention):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k, v = self.kv_proj(x).view(B, T, 2, self.n_kv, self.head_dim).unbind(2)  # (B, T, G, D) each
+        k, v = self.kv_proj(x).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)  # (B, T, G, D) each
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, G, T, D)
         q, k = self.pos.rotate(q, positions), self.pos.rotate(k, positions)
         k_pos = positions

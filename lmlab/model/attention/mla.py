@@ -53,7 +53,7 @@ class MLAConfig(AttentionConfig):
 
     def dims(self, model_cfg) -> tuple[int, int, int, int]:
         """(d_c, d_r, d_n, d_v) with defaults resolved from the model's head size."""
-        d = model_cfg.dim_head
+        d = model_cfg.head_dim
         d_c = self.kv_lora_rank if self.kv_lora_rank is not None else 4 * d
         d_r = self.rope_head_dim if self.rope_head_dim is not None else max(2, d // 2 // 2 * 2)
         d_n = self.nope_head_dim if self.nope_head_dim is not None else d
@@ -61,6 +61,11 @@ class MLAConfig(AttentionConfig):
         return d_c, d_r, d_n, d_v
 
     rotary_dim_key = "attention.rope_head_dim"
+    rotary_dim_checked = True  # check() below vets rope_head_dim; the rotary pos check leaves it alone
+
+    def resolve(self, run) -> None:
+        """Write the derived dims into the config (the saved config.yaml then shows them)."""
+        self.kv_lora_rank, self.rope_head_dim, self.nope_head_dim, self.v_head_dim = self.dims(run.model)
 
     def rotary_dim(self, model_cfg) -> int:
         """Position encodings rotate only the decoupled part (SPEC §9)."""

@@ -1,6 +1,6 @@
 """Multi-query attention (Shazeer 2019): one key/value head shared by all query heads. SPEC §9.
 
-Design: GQA with a single group, so it shares every line of MHA except ``n_kv_heads``. Cache per token
+Design: GQA with a single group, so it shares every line of MHA except ``kv_head_count``. Cache per token
 per layer: 2·d_k, independent of the number of heads.
 """
 
@@ -22,5 +22,5 @@ class MQAConfig(AttentionConfig):
 class MQA(GQA):
     Config = MQAConfig
 
-    def n_kv_heads(self) -> int:
+    def kv_head_count(self) -> int:
         return 1

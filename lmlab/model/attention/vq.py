@@ -22,9 +22,9 @@ Design choices:
   exact blocks (STE to the keys) and through the aggregated values Ū (to the values), never to the
   keys of older blocks: the linearisation is exact in the forward pass only (SPEC §10 pitfall).
 - Cache: a constant state per layer and batch row: per head the aggregated values and counts of
-  every code (S·(Dv+1)) plus the codes and values of at most 2l-1 window tokens (current and previous
+  every code (K·(Dv+1)) plus the codes and values of at most 2l-1 window tokens (current and previous
   block; keys are re-read from the codebook). ``cache_elems_per_token()`` is 0 and
-  ``cache_state_elems()`` is H·(S·(Dv+1) + (2l-1)·(Dv+1)). The cache assumes the codebook does not
+  ``cache_state_elems()`` is H·(K·(Dv+1) + (2l-1)·(Dv+1)). The cache assumes the codebook does not
   change while decoding (eval mode).
 
 Guarantees (tests/test_attention_vq.py): linear == quadratic over the quantized keys (float64), output
@@ -50,7 +50,7 @@ from lmlab.registry import ATTENTION, POS
 @dataclass
 class VQConfig(AttentionConfig):
     name: str = "vq"
-    codebook_size: int = 256  # S (the paper uses 512)
+    codebook_size: int = 256  # K (the paper uses 512)
     block_len: int = 32  # l
     window: Optional[int] = None  # reach of the local bias; default block_len; must be <= block_len
     beta: float = 1e-4  # commitment loss weight
@@ -98,8 +98,8 @@ class VQCache(KVCache):
     def __init__(self):
         super().__init__()
         self.n_seen = 0  # tokens consumed; the window starts at block max(0, n_seen // l - 1)
-        self.U: Optional[torch.Tensor] = None  # (B, H, S, Dv) value sums of folded tokens
-        self.n: Optional[torch.Tensor] = None  # (B, H, S) counts of folded tokens
+        self.U: Optional[torch.Tensor] = None  # (B, H, K, Dv) value sums of folded tokens
+        self.n: Optional[torch.Tensor] = None  # (B, H, K) counts of folded tokens
         self.wz: Optional[torch.Tensor] = None  # (B, H, W) codes of the window tokens
         self.wv: Optional[torch.Tensor] = None  # (B, H, W, Dv) values of the window tokens
 
@@ -119,19 +119,19 @@ class VQAttention(Attention):
 
     def __init__(self, cfg: VQConfig, model_cfg, pos):
         super().__init__(cfg, model_cfg, pos)
-        C, H, D = model_cfg.d_model, model_cfg.n_head, model_cfg.dim_head
-        self.n_head, self.head_dim, self.S, self.block_len = H, D, cfg.codebook_size, cfg.block_len
+        C, H, D = model_cfg.d_model, model_cfg.n_head, model_cfg.head_dim
+        self.n_head, self.head_dim, self.K, self.block_len = H, D, cfg.codebook_size, cfg.block_len
         self.q_proj = nn.Linear(C, H * D, bias=cfg.bias)
         self.kv_proj = nn.Linear(C, 2 * H * D, bias=cfg.bias)
         self.o_proj = nn.Linear(H * D, C, bias=cfg.bias)
         self.local_bias = nn.Parameter(torch.zeros(H, cfg.bias_window))
-        self.register_buffer("code_sum", torch.randn(H, self.S, D))
-        self.register_buffer("code_count", torch.ones(H, self.S))
+        self.register_buffer("code_sum", torch.randn(H, self.K, D))
+        self.register_buffer("code_count", torch.ones(H, self.K))
         self.scale = 1.0 / math.sqrt(D)
         self.dropout = model_cfg.dropout
-        self._counts: Optional[torch.Tensor] = None  # (H, S) code assignments of the last forward
+        self._counts: Optional[torch.Tensor] = None  # (H, K) code assignments of the last forward
 
-    def codebook(self) -> torch.Tensor:  # (H, S, D)
+    def codebook(self) -> torch.Tensor:  # (H, K, D)
         return self.code_sum / self.code_count.clamp(min=0.01)[..., None]
 
     def new_cache(self) -> VQCache:
@@ -141,13 +141,13 @@ class VQAttention(Attention):
         return 0
 
     def cache_state_elems(self) -> int:
-        return self.n_head * (self.S + 2 * self.block_len - 1) * (self.head_dim + 1)
+        return self.n_head * (self.K + 2 * self.block_len - 1) * (self.head_dim + 1)
 
     def attention_flops(self, context: int) -> dict[str, int]:
-        """Per token, independent of context: quantization (S·D), scores and values against the two
-        exact blocks (2l keys as computed by the block form) and the S codes, per head."""
-        H, D, bl, S = self.n_head, self.head_dim, self.block_len, self.S
-        f = 2 * H * S * D + 2 * H * (2 * bl + S) * D * 2
+        """Per token, independent of context: quantization (K·D), scores and values against the two
+        exact blocks (2l keys as computed by the block form) and the K codes, per head."""
+        H, D, bl, K = self.n_head, self.head_dim, self.block_len, self.K
+        f = 2 * H * K * D + 2 * H * (2 * bl + K) * D * 2
         return {"prefill": f, "decode": f}
 
     def metrics(self) -> dict[str, float]:
@@ -174,17 +174,17 @@ class VQAttention(Attention):
 
     def _account(self, k, z, ck) -> None:
         """Commitment loss, assignment counts, and (training only) the EMA codebook update."""
-        H, S = self.n_head, self.S
+        H, K = self.n_head, self.K
         self.aux_loss = self.cfg.beta * (k - ck.detach()).pow(2).sum(-1).sum(1).mean()
-        flat = (z + torch.arange(H, device=z.device)[None, :, None] * S).reshape(-1)  # head-major ids
-        counts = torch.bincount(flat, minlength=H * S).view(H, S).to(k.dtype)
+        flat = (z + torch.arange(H, device=z.device)[None, :, None] * K).reshape(-1)  # head-major ids
+        counts = torch.bincount(flat, minlength=H * K).view(H, K).to(k.dtype)
         self._counts = counts
         if not self.training:
             return
         with torch.no_grad():
-            sums = torch.zeros(H * S, k.shape[-1], dtype=k.dtype, device=k.device)
-            sums.index_add_(0, flat, k.detach().reshape(-1, k.shape[-1]))  # (H·S, D)
-            sums = sums.view(H, S, -1)
+            sums = torch.zeros(H * K, k.shape[-1], dtype=k.dtype, device=k.device)
+            sums.index_add_(0, flat, k.detach().reshape(-1, k.shape[-1]))  # (H·K, D)
+            sums = sums.view(H, K, -1)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(counts)
                 torch.distributed.all_reduce(sums)
@@ -211,8 +211,8 @@ class VQAttention(Attention):
         bl = self.block_len
         if cache.U is None:
             acc = torch.promote_types(v.dtype, torch.float32)
-            cache.U = v.new_zeros(B, H, self.S, v.shape[-1], dtype=acc)
-            cache.n = v.new_zeros(B, H, self.S, dtype=acc)
+            cache.U = v.new_zeros(B, H, self.K, v.shape[-1], dtype=acc)
+            cache.n = v.new_zeros(B, H, self.K, dtype=acc)
             cache.wz = z.new_zeros(B, H, 0)
             cache.wv = v.new_zeros(B, H, 0, v.shape[-1])
         W0 = cache.wz.shape[2]  # window tokens already cached; the window starts at a block boundary
@@ -234,7 +234,7 @@ class VQAttention(Attention):
         cache.n_seen += T
         drop = max(0, cache.n_seen // bl - 1) * bl - start
         if drop > 0:
-            U, n = vqk.aggregate(wz[:, :, :drop], wv[:, :, :drop], self.S)
+            U, n = vqk.aggregate(wz[:, :, :drop], wv[:, :, :drop], self.K)
             cache.U, cache.n = cache.U + U, cache.n + n
             wz, wv = wz[:, :, drop:], wv[:, :, drop:]
         cache.wz, cache.wv = wz, wv

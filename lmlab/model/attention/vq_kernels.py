@@ -1,7 +1,7 @@
 """Transformer-VQ numerics (SPEC §10): quantization with a straight-through estimator, the quadratic
 reference, and the block-recurrent linear-time form with its one-token decode step.
 
-Notation: q, k̂ (B, H, T, D) with k̂ = C[z] a codeword of the per-head codebook C (H, S, D); v (B, H, T, Dv).
+Notation: q, k̂ (B, H, T, D) with k̂ = C[z] a codeword of the per-head codebook C (H, K, D); v (B, H, T, Dv).
 The local bias b (H, w) adds b[δ] to the logit of a key δ = t - j tokens back when 0 <= δ < w, and
 nothing beyond; w <= block length l, so it only reaches the current and the previous block.
 
@@ -11,7 +11,7 @@ Linear form, for the block i holding query t (SPEC §10, mean + log-count form):
 where n_s counts and Ū_s averages the values of keys with code s in blocks <= i-2 (log 0 = -inf).
 Because exp(q·C_s + log n_s)·Ū_s = Σ_{z_j = s} exp(q·k̂_j) v_j, this equals the quadratic form
 softmax(q k̂ᵀ·scale + B + M) v exactly, in any block length l >= w. Blocks are vectorised: per-block
-aggregates are summed by a cumulative sum over blocks, so memory is O(T·S/l·Dv + T·(2l + S)), linear in T.
+aggregates are summed by a cumulative sum over blocks, so memory is O(T·K/l·Dv + T·(2l + K)), linear in T.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lmlab.model import kernels
 
 
 def quantize(k: torch.Tensor, codebook: torch.Tensor):
-    """k (B, H, T, D), codebook (H, S, D) -> (z (B, H, T), k̂ with STE, C[z]).
+    """k (B, H, T, D), codebook (H, K, D) -> (z (B, H, T), k̂ with STE, C[z]).
 
     z = argmin_s ||k - C_s||²; the forward value of k̂ is exactly C[z] and its gradient with respect
     to k is the identity: k̂ = sg(C[z]) + (k - sg(k)).
@@ -38,7 +38,7 @@ def quantize(k: torch.Tensor, codebook: torch.Tensor):
 
 
 def gather_codes(codebook: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """codebook (H, S, D), z (B, H, T) -> C[z] (B, H, T, D)."""
+    """codebook (H, K, D), z (B, H, T) -> C[z] (B, H, T, D)."""
     return codebook[torch.arange(codebook.shape[0], device=z.device)[None, :, None], z]
 
 
@@ -50,11 +50,11 @@ def local_bias(bias: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor) -> 
     return torch.where(inside, bias[:, delta.clamp(0, w - 1)], bias.new_zeros(()))
 
 
-def aggregate(z: torch.Tensor, v: torch.Tensor, S: int):
-    """Per-code value sums U (B, H, S, Dv) and counts n (B, H, S) of the keys coded z (B, H, T)."""
+def aggregate(z: torch.Tensor, v: torch.Tensor, K: int):
+    """Per-code value sums U (B, H, K, Dv) and counts n (B, H, K) of the keys coded z (B, H, T)."""
     acc = torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(v.device.type, enabled=False):
-        onehot = F.one_hot(z, S).to(acc)  # (B, H, T, S)
+        onehot = F.one_hot(z, K).to(acc)  # (B, H, T, K)
         return torch.einsum("bhts,bhtd->bhsd", onehot, v.to(acc)), onehot.sum(2)
 
 
@@ -70,7 +70,7 @@ def vq_attention_blocks(
     khat: torch.Tensor,  # (B, H, T, D)
     z: torch.Tensor,  # (B, H, T) codes of khat
     v: torch.Tensor,  # (B, H, T, Dv)
-    codebook: torch.Tensor,  # (H, S, D)
+    codebook: torch.Tensor,  # (H, K, D)
     bias: torch.Tensor,  # (H, w), w <= block_len
     block_len: int,
     scale: float,
@@ -78,7 +78,7 @@ def vq_attention_blocks(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:  # (B, H, T, Dv)
     B, H, T, D = q.shape
-    S, Dv, bl = codebook.shape[1], v.shape[-1], block_len
+    K, Dv, bl = codebook.shape[1], v.shape[-1], block_len
     N = T // bl
     qb, kb, vb = q.view(B, H, N, bl, D), khat.view(B, H, N, bl, D), v.view(B, H, N, bl, Dv)
     kp = F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :N]  # (B, H, N, l, D): keys of the previous block
@@ -94,19 +94,19 @@ def vq_attention_blocks(
     s_prev = s_prev.masked_fill(first, neg_inf)  # block 0 has no previous block
     acc = torch.promote_types(v.dtype, torch.float32)  # counts and sums stay exact under bf16 autocast
     with torch.autocast(q.device.type, enabled=False):
-        onehot = F.one_hot(z, S).to(acc).view(B, H, N, bl, S)
-        cnt = F.pad(onehot.sum(3).cumsum(2), (0, 0, 2, 0))[:, :, :N]  # (B, H, N, S): blocks <= i-2
+        onehot = F.one_hot(z, K).to(acc).view(B, H, N, bl, K)
+        cnt = F.pad(onehot.sum(3).cumsum(2), (0, 0, 2, 0))[:, :, :N]  # (B, H, N, K): blocks <= i-2
         U = torch.einsum("bhnls,bhnld->bhnsd", onehot, vb.to(acc))
-        U = F.pad(U.cumsum(2), (0, 0, 0, 0, 2, 0))[:, :, :N]  # (B, H, N, S, Dv)
+        U = F.pad(U.cumsum(2), (0, 0, 0, 0, 2, 0))[:, :, :N]  # (B, H, N, K, Dv)
         if state is not None:
             U = U + state[0][:, :, None]
             cnt = cnt + state[1][:, :, None]
     s_code = torch.einsum("bhnld,hsd->bhnls", qb, codebook) * scale + cnt.log()[:, :, :, None]
     Ubar = U / cnt.clamp(min=1)[..., None]  # mean value per code (SPEC §10 "aggregated cache")
-    p = torch.cat((s_loc, s_prev, s_code), dim=-1).softmax(-1)  # (B, H, N, l, 2l + S)
+    p = torch.cat((s_loc, s_prev, s_code), dim=-1).softmax(-1)  # (B, H, N, l, 2l + K)
     if dropout_p > 0:
         p = F.dropout(p, dropout_p)
-    p_loc, p_prev, p_code = p.split([bl, bl, S], dim=-1)
+    p_loc, p_prev, p_code = p.split([bl, bl, K], dim=-1)
     out = p_loc @ vb + p_prev @ vp + p_code @ Ubar  # (B, H, N, l, Dv)
     return out.reshape(B, H, T, Dv)
 
@@ -118,6 +118,6 @@ def vq_attention_step(q, wk, wv, U, n, codebook, bias, scale: float) -> torch.Te
     idx = torch.arange(W, device=q.device)
     b = local_bias(bias, idx[-1:], idx).to(q.dtype)  # (H, 1, W)
     s_loc = q @ wk.transpose(-1, -2) * scale + b[None]  # (B, H, 1, W)
-    s_code = torch.einsum("bhtd,hsd->bhts", q, codebook) * scale + n.log()[:, :, None]  # (B, H, 1, S)
+    s_code = torch.einsum("bhtd,hsd->bhts", q, codebook) * scale + n.log()[:, :, None]  # (B, H, 1, K)
     p_loc, p_code = torch.cat((s_loc, s_code), dim=-1).softmax(-1).split([W, n.shape[-1]], dim=-1)
     return p_loc @ wv + p_code @ (U / n.clamp(min=1)[..., None])

@@ -51,14 +51,11 @@ class ALiBi(PosEncoding):
     Config = ALiBiConfig
     has_bias = True
 
-    def __init__(self, cfg: ALiBiConfig, model_cfg):
-        super().__init__(cfg, model_cfg)
-        # not saved in checkpoints; follows .to(device/dtype) so bias() can match a float64 model
-        self.register_buffer("head_slopes", torch.tensor(alibi_slopes(model_cfg.n_head)), persistent=False)
-
-    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n_head: int) -> torch.Tensor:
-        """q_pos (B, Tq, A), k_pos (B, Sk, A) -> additive logits (B, H, Tq, Sk)."""
-        wide = torch.float64 in (q_pos.dtype, self.head_slopes.dtype)
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n_head: int,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """q_pos (B, Tq, A), k_pos (B, Sk, A) -> additive logits (B, H, Tq, Sk); float64 when the
+        positions or the attention layer (``dtype``) are float64, else float32."""
+        wide = torch.float64 in (q_pos.dtype, dtype)
         dtype = torch.float64 if wide else torch.float32
         dist = (q_pos[..., 0, None] - k_pos[..., None, :, 0]).abs().to(torch.float64)  # (B, Tq, Sk)
         m = torch.tensor(alibi_slopes(n_head), dtype=torch.float64, device=q_pos.device)  # (H,)

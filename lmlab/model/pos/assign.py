@@ -42,10 +42,6 @@ import torch
 
 SCHEMES = ("flat", "rope2d", "tie_v1", "tie_v2", "mrope")
 
-# registry name of a pos module -> its assignment scheme; anything not listed (rope, learned,
-# sinusoidal, none, alibi) lays out images flat, as RoPE-1D over the raster order.
-SCHEME_OF_POS = {"rope2d": "rope2d", "rope_tie": "tie_v1", "rope_tie_v2": "tie_v2", "mrope": "mrope"}
-
 _ALLOWED_AXES = {"flat": (1, 2, 3), "rope2d": (2, 3), "tie_v1": (2,), "tie_v2": (2, 3), "mrope": (3,)}
 
 
@@ -128,11 +124,9 @@ def assign_positions(
 
 
 def scheme_of(pos_module: Any) -> str:
-    """The assignment scheme of a pos module (by its ``position_scheme`` or registry name)."""
-    explicit = getattr(pos_module, "position_scheme", None)
-    if explicit is not None:
-        return explicit
-    return SCHEME_OF_POS.get(getattr(pos_module, "registry_name", ""), "flat")
+    """The assignment scheme a pos module declares (``PosEncoding.position_scheme``, default flat:
+    images laid out as RoPE-1D over the raster order)."""
+    return getattr(pos_module, "position_scheme", "flat")
 
 
 def assign_for(pos_module: Any, segments: Sequence[Sequence[Any]], dtype=torch.float32) -> torch.Tensor:

@@ -55,5 +55,6 @@ class PosEncoding(nn.Module):
     def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return t
 
-    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n_head: int) -> Optional[torch.Tensor]:
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n_head: int,
+             dtype: torch.dtype = torch.float32) -> Optional[torch.Tensor]:
         return None

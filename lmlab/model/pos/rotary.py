@@ -29,7 +29,7 @@ class RotaryConfig(PosConfig):
     def check(self, run) -> list[str]:
         p = []
         dim, key = rotated_dim(run)
-        if dim % 2 and key != "attention.rope_head_dim":  # MLA checks its own decoupled part
+        if dim % 2 and not getattr(getattr(run, "attention", None), "rotary_dim_checked", False):  # MLA checks its own
             p.append(f"pos.name={self.name} rotates pairs of dims, but the head dim ({key} = {dim}) is odd")
         if self.base <= 1:
             p.append(f"pos.base={self.base} must be > 1")
@@ -45,7 +45,7 @@ def rotated_dim(run) -> tuple[int, str]:
     attn = getattr(run, "attention", None)
     if callable(getattr(attn, "rotary_dim", None)):
         return attn.rotary_dim(run.model), getattr(attn, "rotary_dim_key", "attention.rotary_dim")
-    return run.model.dim_head, "model.head_dim / d_model//n_head"
+    return run.model.head_dim, "model.head_dim"
 
 
 def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Tensor:

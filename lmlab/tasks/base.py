@@ -1,0 +1,302 @@
+"""What every task shares: its config, the task object ``train()`` drives, and one LightningModule base.
+
+A *task* (``task=NAME``, ``conf/task/NAME.yaml``) is how one kind of data is learned: it builds the
+DataModule and the LightningModule, supplies the loss and the validation metrics, and adds its own
+fields to ``summary.json``. Adding a task is one file in this folder (a ``Task`` subclass registered
+with ``@TASK.register(NAME)`` and its ``TaskModule``) plus one yaml.
+
+``TaskModule`` holds everything that must not differ between tasks; subclasses supply hooks only:
+
+- ``step_loss(batch)`` -> ``StepLoss`` (the reported loss, the optimized total, tokens and bytes);
+- ``step_metrics(batch, out)`` -> extra ``train/*`` values, computed only on logged steps;
+- ``val_step(batch)`` / ``val_metrics()`` (must hold ``loss`` and ``bpb``) / ``on_val_metrics(m)``;
+- ``extra_state()`` / ``load_extra_state(state)``: task fields of the checkpoint (tensors and plain data).
+
+Guarantees of the base (tests: test_tasks.py, test_train.py, test_multimodal_train.py):
+
+- Non-finite loss or gradient norm raises ``NonFiniteError`` naming the step *before* the optimizer
+  step, so the parameters stay those after the previous step and no poisoned checkpoint is written.
+- Gradients are clipped to ``optim.grad_clip`` (the same norm serves the non-finite check).
+- Randomness in a training step (dropout) comes from a seed derived from (run seed, step), never from
+  what the global RNG went through before (data-loader start-ups and validations consume global draws
+  differently in a resumed run). With the data position in the checkpoint, a resumed run repeats the
+  uninterrupted one bit for bit. This is the only resume scheme: no RNG state is saved.
+- Counters (batches, tokens, bytes seen; tokens/s measured between logged steps) and the validation
+  history travel in the checkpoint's ``lmlab`` section (format ``lmlab.train.checkpoint.FORMAT``),
+  which holds tensors and plain data only; ``on_load_checkpoint`` refuses (``ResumeError``) a
+  checkpoint whose seed, worker count or world size differs from this run's.
+- Rank awareness: the world size is recorded in the checkpoint and a resume under another is
+  refused (each rank's data share depends on it); the training streams shard by rank and worker.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+from lmlab.errors import NonFiniteError, ResumeError
+
+
+@dataclass
+class TaskConfig:
+    name: str = "lm"
+
+    def check(self, run) -> list[str]:
+        """The data source must feed this task (``DataSource.task``); say which to pick otherwise."""
+        from lmlab.registry import DATA
+
+        data = getattr(run, "data", None)
+        if data is None or data.name not in DATA:
+            return []
+        feeds = DATA.get(data.name).task
+        if feeds == self.name:
+            return []
+        return [f"task={self.name} cannot train data={data.name}: that source feeds task={feeds} "
+                f"(add task={feeds}, or choose a data source for task={self.name})"]
+
+
+@dataclass
+class StepLoss:
+    loss: torch.Tensor  # the figure reported as train/loss
+    total: torch.Tensor  # what is optimized (loss + penalties + auxiliary losses)
+    tokens: int  # target tokens in the batch (throughput, tokens_seen)
+    bytes: int = 0  # UTF-8 bytes those targets stand for (0 when not text)
+    aux: Optional[torch.Tensor] = None
+
+
+def lr_lambda(optim_cfg, max_steps: int):
+    """Linear warmup over ``optim.warmup_steps``, then cosine to ``lr * min_lr_ratio`` at max_steps."""
+
+    def f(step: int) -> float:
+        if step < optim_cfg.warmup_steps:
+            return (step + 1) / optim_cfg.warmup_steps
+        span = max(1, max_steps - optim_cfg.warmup_steps)
+        progress = min(1.0, (step - optim_cfg.warmup_steps) / span)
+        cos = 0.5 * (1 + math.cos(math.pi * progress))
+        return optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * cos
+
+    return f
+
+
+def adamw_with_schedule(parameters, run) -> dict:
+    """AdamW (no weight decay on gains and biases) with warmup + cosine, stepped per step."""
+    o = run.optim
+    params = [p for p in parameters if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        lr=o.lr, betas=tuple(o.betas),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, run.trainer.max_steps))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class TaskModule(L.LightningModule):
+    """The one LightningModule base (see the module docstring); ``self.model`` is the task's network."""
+
+    def __init__(self, run, tokenizer=None):
+        super().__init__()
+        self.run = run
+        self.tokenizer = tokenizer
+        self.batches_seen = 0
+        self.tokens_seen = 0
+        self.train_bytes = 0
+        self._t_last: Optional[float] = None
+        self._tok_since = 0
+        self.tokens_per_sec = float("nan")
+        self.last_train_loss = float("nan")
+        self.val_history: list[dict] = []
+
+    # ---------------------------------------------------------------- hooks for tasks
+    def step_loss(self, batch) -> StepLoss:
+        raise NotImplementedError
+
+    def step_metrics(self, batch, out: StepLoss) -> dict:
+        return {}
+
+    def val_step(self, batch) -> None:
+        raise NotImplementedError
+
+    def val_metrics(self) -> Optional[dict]:
+        """Metrics of the validation just finished (``loss`` and ``bpb`` at least), or None if empty."""
+        raise NotImplementedError
+
+    def on_val_metrics(self, m: dict) -> None:
+        """Called after each (non-sanity) validation with its metrics: best-checkpoint tracking etc."""
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ---------------------------------------------------------------- training
+    def on_train_batch_start(self, batch, batch_idx):
+        torch.manual_seed((self.run.seed * 1_000_003 + self.global_step) % 2**63)
+
+    def training_step(self, batch, batch_idx):
+        out = self.step_loss(batch)
+        if not torch.isfinite(out.total):
+            raise NonFiniteError(
+                f"non-finite training loss ({out.total.item()}) at step {self.global_step}; "
+                "stopped before the optimizer step (lower optim.lr, check the data)"
+            )
+        self.batches_seen += 1
+        self.tokens_seen += out.tokens
+        self.train_bytes += out.bytes
+        self._tok_since += out.tokens
+        self.last_train_loss = out.loss.item()
+        if self.global_step % self.run.trainer.log_every == 0:  # only the steps Lightning writes
+            self._log_step(batch, out)
+        return out.total
+
+    def _log_step(self, batch, out: StepLoss) -> None:
+        now = time.perf_counter()
+        metrics: dict[str, Any] = {
+            "train/loss": out.loss.detach(),
+            "train/epoch": float(batch["epoch"]),
+            "train/tokens_seen": float(self.tokens_seen),
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        if self._t_last is not None and now > self._t_last:
+            self.tokens_per_sec = self._tok_since / (now - self._t_last)
+            metrics["train/tokens_per_sec"] = self.tokens_per_sec
+        self._t_last, self._tok_since = now, 0
+        if out.aux is not None:
+            metrics["train/aux_loss"] = out.aux.detach()
+        metrics.update(self.step_metrics(batch, out))
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+        self.log("train/loss_bar", out.loss.detach(), prog_bar=True, logger=False)
+
+    def on_before_optimizer_step(self, optimizer):
+        # Clipping here (not through Trainer.gradient_clip_val) computes the norm once for both
+        # the clip and the non-finite check, which must happen before the optimizer step.
+        clip = self.run.optim.grad_clip or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+        if not torch.isfinite(norm):
+            raise NonFiniteError(
+                f"non-finite gradient norm at step {self.global_step}; stopped before the optimizer step"
+            )
+        if self.global_step % self.run.trainer.log_every == 0:
+            self.log("train/grad_norm", norm, on_step=True)
+
+    def configure_optimizers(self):
+        return adamw_with_schedule(self.parameters(), self.run)
+
+    # ---------------------------------------------------------------- validation
+    def validation_step(self, batch, batch_idx):
+        self.val_step(batch)
+
+    def on_validation_epoch_end(self):
+        m = self.val_metrics()
+        if not m:
+            return
+        for k, v in m.items():
+            self.log(f"val/{k}", v, prog_bar=k in self.prog_bar_metrics)
+        if self.trainer.sanity_checking:
+            return
+        self.val_history.append({"step": self.global_step, **{f"val_{k}": v for k, v in m.items()
+                                                               if k in self.history_metrics}})
+        self.on_val_metrics(m)
+
+    prog_bar_metrics: tuple[str, ...] = ("bpb",)
+    history_metrics: tuple[str, ...] = ("loss", "bpb")
+
+    # ---------------------------------------------------------------- resumable state
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def on_save_checkpoint(self, checkpoint):
+        from lmlab.config import to_dict
+        from lmlab.train.checkpoint import FORMAT
+
+        checkpoint["lmlab"] = {
+            "format": FORMAT,
+            "task": self.run.task.name,
+            "config": to_dict(self.run),
+            "tokenizer": self.tokenizer.to_state() if self.tokenizer is not None else None,
+            "batches_seen": self.batches_seen,
+            "tokens_seen": self.tokens_seen,
+            "train_bytes": self.train_bytes,
+            "num_workers": self.run.data.num_workers,
+            "world_size": self.world_size(),
+            "seed": self.run.seed,
+            "val_history": [dict(h) for h in self.val_history],
+            "extra": self.extra_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint["lmlab"]  # read_checkpoint refused any file without it
+        if state["task"] != self.run.task.name:
+            raise ResumeError(f"cannot resume: the checkpoint was written by task={state['task']}, "
+                              f"this run has task={self.run.task.name}")
+        if state["num_workers"] != self.run.data.num_workers:
+            raise ResumeError(
+                f"cannot resume: the checkpoint was written with data.num_workers={state['num_workers']}, "
+                f"this run has data.num_workers={self.run.data.num_workers} (batch order depends on it)"
+            )
+        if state["world_size"] != self.world_size():
+            raise ResumeError(
+                f"cannot resume: the checkpoint was written with world size {state['world_size']}, "
+                f"this run has {self.world_size()} (each rank's share of the data depends on it)"
+            )
+        if state["seed"] != self.run.seed:
+            raise ResumeError(f"cannot resume: checkpoint seed={state['seed']}, this run seed={self.run.seed}")
+        self.batches_seen = state["batches_seen"]
+        self.tokens_seen = state["tokens_seen"]
+        self.train_bytes = state["train_bytes"]
+        self.val_history = [dict(h) for h in state["val_history"]]
+        self.load_extra_state(state["extra"])
+
+
+class Task:
+    """Builds the DataModule (``datamodule``) and the module (``module()``) of one run.
+
+    - ``set_start_batch(n)``: on resume, the batches already consumed;
+    - ``summary()``: task fields for ``summary.json``; ``on_fit_end(run_dir)``: files beside the run,
+      returns more summary fields;
+    - ``load_model(run, ckpt, tokenizer)`` (classmethod): the trained network from a checkpoint read by
+      ``lmlab.train.checkpoint.read_checkpoint`` -- how ``load_checkpoint`` dispatches by task.
+    """
+
+    Config = TaskConfig
+
+    def __init__(self, run, log=print):
+        self.run, self.log = run, log
+        self.datamodule = self.make_datamodule()
+        self._module: Optional[TaskModule] = None
+
+    def make_datamodule(self) -> L.LightningDataModule:
+        raise NotImplementedError
+
+    def make_module(self) -> TaskModule:
+        raise NotImplementedError
+
+    def module(self) -> TaskModule:
+        if self._module is None:
+            self._module = self.make_module()
+        return self._module
+
+    def set_start_batch(self, n: int) -> None:
+        self.datamodule.start_batch = n
+
+    def summary(self) -> dict:
+        return {}
+
+    def on_fit_end(self, run_dir) -> dict:
+        return {}
+
+    @classmethod
+    def load_model(cls, run, ckpt: dict, tokenizer) -> torch.nn.Module:
+        raise NotImplementedError
+
+
+def model_weights(ckpt: dict) -> dict:
+    """The ``model.*`` entries of a Lightning checkpoint's state_dict, prefix (and compile's) removed."""
+    w = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return {k.replace("_orig_mod.", ""): v for k, v in w.items()}
