@@ -74,15 +74,16 @@ def test_a_crafted_payload_is_refused_and_never_runs(lm_run, tmp_path):
     with pytest.raises(CheckpointError, match=f"{evil}: refused") as ei:
         load_checkpoint(evil)
     assert "\n" not in str(ei.value)
-    from lmlab.generate import main as generate
+    from lmlab import cli
 
+    # every command (generate, probe, export, eval, ...) loads through lmlab.cli.load_checkpoint: the
+    # real command line refuses the file in one message, exit 2, and runs nothing
+    for argv in (["generate", f"ckpt={evil}", "prompt=x"], ["probe", f"ckpt={evil}"],
+                 ["export", f"ckpt={evil}", f"out={tmp_path / 'hf'}"]):
+        assert cli.main(argv) == 2, argv
     with pytest.raises(CheckpointError, match=str(evil)):
-        generate([f"ckpt={evil}", "prompt=x"])
-    from lmlab.probe import load as probe_load
-
-    with pytest.raises(CheckpointError, match=str(evil)):
-        probe_load(evil)
-    assert not marker.exists()
+        cli.load_checkpoint(evil)
+    assert not marker.exists() and not (tmp_path / "hf").exists()
 
 
 def test_resume_from_a_crafted_checkpoint_is_refused_and_never_runs(compose, tiny_overrides, lm_run, tmp_path):
