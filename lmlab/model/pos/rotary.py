@@ -50,8 +50,16 @@ def rotated_dim(run) -> tuple[int, str]:
 
 def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Tensor:
     """t: (B, H, T, D); angles: (B, T, D/2) -> rotated t, same shape and dtype."""
-    cos = angles.cos()[:, None].to(t.dtype)  # (B, 1, T, D/2)
-    sin = angles.sin()[:, None].to(t.dtype)
+    return apply_rotation(t, *cos_sin(angles, t.dtype), layout)
+
+
+def cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """angles (B, T, D/2) -> cos, sin as (B, 1, T, D/2) in ``dtype`` (taken in the angles' precision)."""
+    return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
+
+
+def apply_rotation(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
+    """t: (B, H, T, D); cos, sin: (B, 1, T, D/2) -> rotated t."""
     if layout == "interleaved":
         x0, x1 = t[..., 0::2], t[..., 1::2]
         out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, H, T, D/2, 2)
@@ -74,6 +82,16 @@ class RotaryBase(PosEncoding):
         i = torch.arange(n_pairs, device=device, dtype=torch.float64)
         return self.cfg.base ** (-2.0 * i / (2 * n_pairs))
 
+    def _freq_table(self, n_pairs: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(axis index per pair, inverse frequencies): constants of the module, built once per size and
+        device instead of from Python lists in every call (a host->device copy per layer on GPU)."""
+        cache = self.__dict__.setdefault("_freq_cache", {})
+        key = (n_pairs, str(device))
+        if key not in cache:
+            axes = torch.tensor(self.pair_axes(n_pairs), device=device)
+            cache[key] = (axes, self.inv_freq(n_pairs, device))
+        return cache[key]
+
     def angles(self, positions: torch.Tensor, dim: int) -> torch.Tensor:
         """positions (B, T, A) -> angles (B, T, dim/2), computed in float64 for exact positions."""
         if positions.shape[-1] != self.n_axes:
@@ -81,11 +99,14 @@ class RotaryBase(PosEncoding):
                 f"pos '{self.cfg.name}' takes positions with {self.n_axes} axes (B, T, {self.n_axes}); "
                 f"got shape {tuple(positions.shape)}"
             )
-        n_pairs = dim // 2
-        axes = torch.tensor(self.pair_axes(n_pairs), device=positions.device)
+        axes, inv_freq = self._freq_table(dim // 2, positions.device)
         pos = positions.to(torch.float64).index_select(-1, axes)  # (B, T, D/2)
-        ang = pos * self.inv_freq(n_pairs, positions.device)
+        ang = pos * inv_freq
         return ang if positions.dtype == torch.float64 else ang.float()
 
     def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return rotate_pairs(t, self.angles(positions, t.shape[-1]), self.cfg.layout)
+        # cos/sin depend only on (positions, D, dtype): inside Transformer.forward they are computed
+        # once and shared by q and k of every layer (PosEncoding.shared_tables)
+        key = ("rotary", t.shape[-1], t.dtype, t.device)
+        cos, sin = self.memo_table(key, positions, lambda: cos_sin(self.angles(positions, t.shape[-1]), t.dtype))
+        return apply_rotation(t, cos, sin, self.cfg.layout)
