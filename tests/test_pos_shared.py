@@ -61,3 +61,25 @@ def test_alibi_bias_once_per_forward_and_fresh_when_decoding(monkeypatch):
     caches = model.new_caches()
     steps = [model(idx[:, :5], caches=caches)] + [model(idx[:, i : i + 1], caches=caches) for i in range(5, 8)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def pairwise_reference(t, angles, layout):
+    """The textbook pairwise rotation (the formula lmlab used before the whole-tensor form)."""
+    cos, sin = angles.cos()[:, None].to(t.dtype), angles.sin()[:, None].to(t.dtype)
+    if layout == "interleaved":
+        x0, x1 = t[..., 0::2], t[..., 1::2]
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+    x0, x1 = t[..., : t.shape[-1] // 2], t[..., t.shape[-1] // 2 :]
+    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_whole_tensor_rotation_is_bit_identical_to_pairwise(layout, dtype):
+    from lmlab.model.pos.rotary import rotate_pairs
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 50, 3, 16).to(dtype).transpose(1, 2)  # (B, H, T, D), non-contiguous like q
+    angles = torch.rand(2, 50, 8) * 100
+    torch.testing.assert_close(rotate_pairs(t, angles, layout), pairwise_reference(t, angles, layout),
+                               atol=0, rtol=0)

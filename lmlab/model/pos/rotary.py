@@ -50,23 +50,33 @@ def rotated_dim(run) -> tuple[int, str]:
 
 def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Tensor:
     """t: (B, H, T, D); angles: (B, T, D/2) -> rotated t, same shape and dtype."""
-    return apply_rotation(t, *cos_sin(angles, t.dtype), layout)
+    return apply_rotation(t, *rotation_tables(angles, t.dtype, layout), layout)
 
 
-def cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """angles (B, T, D/2) -> cos, sin as (B, 1, T, D/2) in ``dtype`` (taken in the angles' precision)."""
-    return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
+def rotation_tables(angles: torch.Tensor, dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """angles (B, T, D/2) -> (cos, signed sin), each (B, 1, T, D) in ``dtype``, laid out like q/k.
+
+    cos and sin are taken in the angles' precision, then cast. The sin table carries the sign of
+    the rotation: -sin on the first member of each pair, +sin on the second."""
+    cos, sin = angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)  # (B, 1, T, D/2)
+    if layout == "interleaved":  # pair i = dims (2i, 2i+1)
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # pair i = dims (i, i + D/2)
 
 
 def apply_rotation(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
-    """t: (B, H, T, D); cos, sin: (B, 1, T, D/2) -> rotated t."""
+    """t: (B, H, T, D); cos, signed sin: (B, 1, T, D) from ``rotation_tables`` -> rotated t.
+
+    Pair (x0, x1) -> (x0·cos - x1·sin, x1·cos + x0·sin) as t·cos + swap(t)·(∓sin), where swap
+    exchanges the two members of every pair: two multiplies over whole contiguous tensors instead of
+    four over strided halves plus a stack (the strided form cost ~40% of the matmul time of a micro
+    training step on CPU). Bit-identical to the pairwise formula: a + (-b)·c == a - b·c in IEEE
+    arithmetic, and the sums only change order."""
     if layout == "interleaved":
-        x0, x1 = t[..., 0::2], t[..., 1::2]
-        out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, H, T, D/2, 2)
-        return out.flatten(-2)
-    half = t.shape[-1] // 2
-    x0, x1 = t[..., :half], t[..., half:]
-    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+        swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) in every pair
+    else:
+        swapped = t.roll(t.shape[-1] // 2, dims=-1)  # (x1, x0): the halves exchanged
+    return t * cos + swapped * sin
 
 
 class RotaryBase(PosEncoding):
@@ -107,6 +117,7 @@ class RotaryBase(PosEncoding):
     def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # cos/sin depend only on (positions, D, dtype): inside Transformer.forward they are computed
         # once and shared by q and k of every layer (PosEncoding.shared_tables)
-        key = ("rotary", t.shape[-1], t.dtype, t.device)
-        cos, sin = self.memo_table(key, positions, lambda: cos_sin(self.angles(positions, t.shape[-1]), t.dtype))
-        return apply_rotation(t, cos, sin, self.cfg.layout)
+        D, layout = t.shape[-1], self.cfg.layout
+        key = ("rotary", D, t.dtype, t.device)
+        cos, sin = self.memo_table(key, positions, lambda: rotation_tables(self.angles(positions, D), t.dtype, layout))
+        return apply_rotation(t, cos, sin, layout)
