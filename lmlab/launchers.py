@@ -67,7 +67,7 @@ class SubmititRequeue(L.Callback):
 
     def __init__(self, ckpt_dir: Path, log=print):
         self.ckpt_dir = Path(ckpt_dir)
-        self.log = log
+        self._log = log
         self.signum = preempt_signal()
         self.requested = False
         self._previous = None
@@ -86,7 +86,7 @@ class SubmititRequeue(L.Callback):
             return
         self.requested = False
         trainer.save_checkpoint(str(self.ckpt_dir / "last.ckpt"))
-        self.log(f"{self.signum.name}: checkpoint written at step {trainer.global_step}; handing over to submitit")
+        self._log(f"{self.signum.name}: checkpoint written at step {trainer.global_step}; handing over to submitit")
         previous, self._previous = self._previous, None
         signal.signal(self.signum, previous if previous is not None else signal.SIG_DFL)
         if callable(previous):
