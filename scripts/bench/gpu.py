@@ -15,11 +15,11 @@ Compiled settings are run last, most important first (gpt2, mha), and those that
 ``--budget`` seconds are listed as skipped rather than run: compile time varies by variant.
 A failure (e.g. out of memory) is reported in its row and the script goes on.
 
-Part 2 (quality): ``python train.py trainer=gpu`` with the default recipe (model=micro, shakespeare)
-for ``--train-seconds`` (``trainer.max_time`` when the config has it, else a step limit estimated
-from a short probe run is not attempted: ``--train-steps``), printing its val bits/byte from
-summary.json. The corpus must be in the cache already on a machine without network: pass
-``--cache-dir`` pointing at a copy of ~/.cache/lmlab (or set $LMLAB_CACHE).
+Part 2 (quality): ``python train.py trainer=gpu`` with the default recipe (model=micro, shakespeare),
+limited to ``--train-seconds`` through ``trainer.max_time`` when the config has that key, else to
+``--train-steps`` steps; it prints the val bits/byte from summary.json. The corpus must already be in
+the cache on a machine without network: pass ``--cache-dir`` pointing at a copy of ~/.cache/lmlab
+(or set $LMLAB_CACHE).
 
 Results: a markdown table on stdout and every row as json in ``--out``. Nothing is asserted.
 """
@@ -45,13 +45,14 @@ def variants() -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*.yaml"))
 
 
-def build(model_name: str, attention: str, T: int, overrides: list[str]):
+def build(model_name: str, attention: str, T: int, overrides: list[str], device):
     from lmlab.config import compose
     from lmlab.model.transformer import build_model
 
     pos = ["pos=none"] if attention == "vq" else []  # vq refuses rotary keys and brings its own bias
     run = compose([f"model={model_name}", f"attention={attention}", f"model.seq_len={T}", *pos, *overrides])
-    return run, build_model(run, run.tokenizer.vocab_size)
+    with torch.device(device):  # initialise on the GPU: CPU init of gpt2 costs seconds per row
+        return run, build_model(run, run.tokenizer.vocab_size)
 
 
 def measure(model, vocab: int, T: int, batch: int, device, compile_: bool, warmup: int, steps: int) -> dict:
@@ -60,6 +61,8 @@ def measure(model, vocab: int, T: int, batch: int, device, compile_: bool, warmu
     model = model.to(device).train()
     fpt = flops_per_token(model, context=T)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    if compile_:
+        torch._dynamo.reset()  # a fresh cache per row: no recompile limits carried over from the last model
     fwd = torch.compile(model) if compile_ else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16)
 
@@ -127,7 +130,7 @@ def throughput(args, device, log) -> list[dict]:
             row["skipped"] = f"skipped: --budget {args.budget:.0f}s reached"
         else:
             try:
-                run, model = build(model_name, attn, T, overrides)
+                run, model = build(model_name, attn, T, overrides, device)
                 batch = max(1, TOKENS_PER_STEP // T) if not args.smoke else 2
                 t0 = time.perf_counter()
                 row.update(measure(model, run.tokenizer.vocab_size, T, batch, device, comp, warmup, steps))

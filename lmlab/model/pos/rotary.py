@@ -68,10 +68,10 @@ def apply_rotation(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout
     """t: (B, H, T, D); cos, signed sin: (B, 1, T, D) from ``rotation_tables`` -> rotated t.
 
     Pair (x0, x1) -> (x0·cos - x1·sin, x1·cos + x0·sin) as t·cos + swap(t)·(∓sin), where swap
-    exchanges the two members of every pair: two multiplies over whole contiguous tensors instead of
-    four over strided halves plus a stack (the strided form cost ~40% of the matmul time of a micro
-    training step on CPU). Bit-identical to the pairwise formula: a + (-b)·c == a - b·c in IEEE
-    arithmetic, and the sums only change order."""
+    exchanges the two members of every pair: two multiplies over whole tensors instead of four over
+    strided halves plus a stack, and the tables are shared by every layer (``rotate``). Bit-identical
+    to the pairwise formula (tests/test_pos_shared.py): a + (-b)·c == a - b·c in IEEE arithmetic, and
+    the sums only change order."""
     if layout == "interleaved":
         swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) in every pair
     else:
