@@ -65,6 +65,11 @@ X_AXES = {  # x= -> axis label
     "flops": "training FLOPs (3 x forward matmuls)",
 }
 MIN_VALIDATIONS = 3
+OTHER_METRICS = (  # (column, summary.json key, digits)
+    ("train loss", "train_loss", 3), ("tokens/s", "tokens_per_sec", 0), ("wall s", "wall_time_s", 0),
+    ("params", "n_params", 0), ("bytes/token train", "train_bytes_per_token", 3),
+    ("bytes/token val", "val_bytes_per_token", 3),
+)
 
 
 @dataclass
@@ -661,15 +666,16 @@ def build_report(sweep_dirs, out: str | Path | None = None, baseline: str | None
            "seeds at each logged step; band = ± 1 std over seeds where n > 1; train loss smoothed by a "
            "short moving average." + (f" Not drawn (no {x} data): {', '.join(missing)}." if missing else ""),
            ""]
-    other = [{"variant": v.label, "n": len(v.runs),
-              "train loss": _pm([r.summary.get("train_loss") for r in v.runs]),
-              "tokens/s": _pm([r.summary.get("tokens_per_sec") for r in v.runs], 0),
-              "wall s": _pm([r.summary.get("wall_time_s") for r in v.runs], 0),
-              "params": _pm([r.summary.get("n_params") for r in v.runs], 0),
-              "bytes/token train": _pm([r.summary.get("train_bytes_per_token") for r in v.runs]),
-              "bytes/token val": _pm([r.summary.get("val_bytes_per_token") for r in v.runs])} for v in vs]
-    md += ["## Other metrics per variant", "", "Mean ± std over seeds; columns equal for every variant left out.",
-           ""] + _dict_table(other, keep=("variant",)) + [""]
+    # a metric equal in every run says nothing about the variants: left out (judged on the runs' values,
+    # not on the formatted cells, which differ by "± std" between n = 1 and n > 1)
+    metrics = [(col, key, dg) for col, key, dg in OTHER_METRICS
+               if len({repr(r.summary.get(key)) for r in done}) > 1]
+    if metrics:
+        other = [[v.label, len(v.runs)] + [_pm([r.summary.get(key) for r in v.runs], dg) for _, key, dg in metrics]
+                 for v in vs]
+        md += ["## Other metrics per variant", "",
+               "Mean ± std over seeds; metrics equal in every run left out.", ""]
+        md += _table(["variant", "n"] + [col for col, _, _ in metrics], other) + [""]
     if tokenizer_swept:
         md += ["![bytes per token](bytes_per_token.png)", ""]
     if pvars:
