@@ -448,10 +448,11 @@ def plot_continuation(groups: dict[str, list[Run]], pvars: list[str], path: Path
         ax.set_xticks(x)
         ax.set_xticklabels(variants, rotation=15, ha="right", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=7, ncol=2)
-    np.atleast_1d(axes)[0].set_title("continuation: boundary vs mid-token cuts; ref = mid-token targets scored "
-                                     "from the boundary prompt (error bars: std over seeds)", fontsize=9)
-    fig.tight_layout()
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("continuation: boundary vs mid-token cuts; ref = mid-token targets scored from the boundary\n"
+                 "prompt; bars = mean over seeds, error bars = std over seeds where n > 1", fontsize=10)
+    fig.tight_layout(rect=(0, 0.025 * (1 + (len(labels) - 1) // 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
