@@ -139,7 +139,7 @@ def test_paired_differences_verdicts_pivot_and_n1(tmp_path):
     assert better[3] == "-0.1000" and better[4] == "[-0.1000, -0.1000]" and "**better**, beyond noise" in better[5]
     noise = _row(md, "mha / alibi")
     d = [FINAL[("mha", "alibi")][s] - base[s] for s in base]
-    assert noise[3] == f"{np.mean(d):+.4f}" and noise[5] == "within noise"
+    assert abs(np.mean(d)) < 1e-12 and noise[3] == "+0.0000" and noise[5] == "within noise"  # no "-0.0000"
     lo, hi = (float(x) for x in noise[4].strip("[]").split(","))
     assert lo < 0 < hi and (lo, hi) == pytest.approx(stats.paired_bootstrap(d), abs=1e-4)
     one = _row(md, "mla / alibi")
@@ -168,6 +168,25 @@ def test_baseline_and_where_select(tmp_path):
     md = build_report(sweep, where="pos=rope", log=lambda s: None).read_text()
     assert "Swept axes: `attention.name`" in md and "alibi" not in md
     assert _row(md, "mla")[3] == "-0.1000"
+
+
+def test_pivot_per_slice_of_a_third_axis(tmp_path):
+    for lr, shift in ((0.001, 0.5), (0.003, 0.0)):
+        d = tmp_path / f"lr{lr}"
+        make_grid(d, {k: {s: v + shift for s, v in by.items()} for k, by in FINAL.items()})
+        for cfg_path in d.glob("*/config.yaml"):
+            cfg = yaml.safe_load(cfg_path.read_text())
+            cfg["optim"] = {"lr": lr}
+            cfg_path.write_text(yaml.safe_dump(cfg))
+    md = build_report([tmp_path / "lr0.001", tmp_path / "lr0.003"], out=tmp_path / "r", log=lambda s: None).read_text()
+    assert "Swept axes: `attention.name`, `pos.name`, `optim.lr`" in md
+    assert "Baseline: **mha / rope / lr=0.003** (the default config's choice" in md  # conf/optim/adamw.yaml
+    assert _row(md, "mha / rope / lr=0.001")[3] == "+0.5000"
+    low = md.split("### val bits/byte: attention × pos (lr=0.001)")[1].split("###")[0]
+    assert "| mla | 2.4500 (1) | 2.5000 (3) |" in low
+    high = md.split("### val bits/byte: attention × pos (lr=0.003)")[1].split("###")[0]
+    assert "| mla | 1.9500 (1) | 2.0000 (3) |" in high
+    assert "### val bits/byte: pos × lr (attention=mla)" in md
 
 
 def test_x_axes_from_metrics_summary_and_config(tmp_path, compose):

@@ -18,8 +18,9 @@ Language-model runs: every run directory under DIR (any directory holding a ``co
   difference from the baseline paired on shared seeds with a bootstrap 95% interval
   (``stats.compare``), read "beyond noise" when the interval excludes 0 and "within noise" when it
   contains it; fewer than two shared seeds give no interval. Then pivot tables of val bits/byte for
-  each pair of axes (``stats.pivot``; a pair is skipped, saying why, when a third axis varies --
-  select it with ``where=``), the other per-variant metrics and every run, constant columns left out.
+  each pair of axes (``stats.pivot``; one table per combination of the other axes' values, at most
+  MAX_SLICES, else a pointer to ``where=``), the other per-variant metrics and every run, constant
+  columns left out.
 - ``curves.png``: train loss and val bits/byte against ``x`` (steps, tokens, bytes, time, flops),
   one line per variant (mean over seeds at each step; band = ± 1 std where n > 1).
 - ``continuation.png`` when runs have a ``probe.json``; ``bytes_per_token.png`` only when a
@@ -396,7 +397,7 @@ def plot_curves(groups: dict[str, list[Run]], path: Path, x: str = "steps") -> l
             ax.plot(xs, m, color=color, marker="" if smooth and len(m) > 40 else ".", label=lab, lw=1.6)
             if s is not None:
                 s = _smooth(s, k)
-                ax.fill_between(xs, m - s, m + s, color=color, alpha=0.18, lw=0)
+                ax.fill_between(xs, m - s, m + s, color=color, alpha=0.18 if len(groups) <= 4 else 0.08, lw=0)
             drawn = True
         if not drawn:
             missing.append(variant)
@@ -550,27 +551,42 @@ def comparison_table(rows: list[dict], base_label: str, digits: int = 4) -> list
         if r["variant"] == base_label:
             out.append([r["variant"], r["n"], mean, "baseline", "", ""])
             continue
-        diff = "—" if r["diff"] is None else f"{r['diff']:+.{digits}f}"
+        diff = "—" if r["diff"] is None else f"{round(r['diff'], digits) + 0.0:+.{digits}f}"  # no "-0.0000"
         ci = "" if r["lo"] is None else f"[{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]"
         out.append([r["variant"], r["n"], mean, diff, ci, verdict(r)])
     return _table(["variant", "n", "val bits/byte", "Δ vs baseline", "95% interval", "verdict"], out)
 
 
+MAX_SLICES = 6  # pivot tables per pair of axes, one per combination of the other axes
+
+
 def pivot_tables(done: list[Run], axes: list[str]) -> list[str]:
+    """A table of val bits/byte for every pair of axes; when other axes vary too, one table per
+    combination of their values (at most MAX_SLICES, else a pointer to ``where=``)."""
     md = []
+    short = stats._short_keys(axes)
     for i, a in enumerate(axes):
         for b in axes[i + 1:]:
-            short = stats._short_keys(axes)
-            try:
-                p = stats.pivot(done, a, b, "val_bpb")
-            except ValueError as e:
-                md += [f"*{short[a]} × {short[b]}: not tabulated: {e}.*", ""]
+            rest = [c for c in axes if c not in (a, b)]
+            combos = list(dict.fromkeys(tuple(stats._value(r, c) for c in rest) for r in done))
+            if len(combos) > MAX_SLICES:
+                md += [f"*{short[a]} × {short[b]}: not tabulated: {len(combos)} combinations of "
+                       f"{', '.join(short[c] for c in rest)}; select one with `where=key=value`.*", ""]
                 continue
-            md += [f"### val bits/byte: {short[a]} × {short[b]}", "",
-                   "Mean over seeds (n in parentheses); lower is better.", ""]
-            rows = [[r] + ["—" if m is None else f"{m:.4f} ({n})" for m, n in zip(p.mean[i], p.n[i])]
-                    for i, r in enumerate(p.rows)]
-            md += _table([f"{short[a]} \\ {short[b]}"] + p.cols, rows) + [""]
+            for combo in combos:
+                where = dict(zip(rest, combo))
+                try:
+                    p = stats.pivot(done, a, b, "val_bpb", where=where)
+                except ValueError as e:
+                    md += [f"*{short[a]} × {short[b]}: not tabulated: {e}.*", ""]
+                    continue
+                title = f"### val bits/byte: {short[a]} × {short[b]}"
+                if where:
+                    title += " (" + ", ".join(f"{short[c]}={stats.fmt_value(v)}" for c, v in where.items()) + ")"
+                md += [title, "", "Mean over seeds (n in parentheses); lower is better.", ""]
+                rows = [[r] + ["—" if m is None else f"{m:.4f} ({n})" for m, n in zip(p.mean[k], p.n[k])]
+                        for k, r in enumerate(p.rows)]
+                md += _table([f"{short[a]} \\ {short[b]}"] + p.cols, rows) + [""]
     return md
 
 
