@@ -41,8 +41,25 @@ def load_corpus(run) -> Corpus:
     return Corpus(train=split["train"], val=split["test"], report=source.report)
 
 
+class TrainTexts:
+    """``train_texts`` for ``Tokenizer.build``: calling it streams the training split's texts
+    (Arrow batches, never the whole column as Python strings); ``fingerprint`` is the split's HF
+    dataset fingerprint, so a tokenizer cache can be keyed on it without reading any text."""
+
+    def __init__(self, ds, batch_size: int = 1000):
+        self.ds, self.batch_size = ds, batch_size
+        self.fingerprint = getattr(ds, "_fingerprint", None)
+
+    def __call__(self):
+        return self  # re-iterable, as Tokenizer.build expects
+
+    def __iter__(self):
+        for batch in self.ds.select_columns(["text"]).iter(batch_size=self.batch_size):
+            yield from batch["text"]
+
+
 def build_tokenizer(run, corpus: Corpus | None = None):
     """Train (or load from the cache) the configured tokenizer on the training split."""
     corpus = corpus or load_corpus(run)
     cls = TOKENIZER.get(run.tokenizer.name)
-    return cls.build(run.tokenizer, lambda: corpus.train["text"], cache_dir(run))
+    return cls.build(run.tokenizer, TrainTexts(corpus.train), cache_dir(run))
