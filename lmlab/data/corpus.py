@@ -22,9 +22,11 @@ def cache_dir(run) -> str:
 
 @dataclass
 class Corpus:
-    train: object  # datasets.Dataset with a 'text' column
-    val: object
+    train: object  # datasets.Dataset with a 'text' column (streaming: an IterableDataset)
+    val: object  # streaming: the held-out IterableDataset until the DataModule keeps what it scored
     report: ReadReport
+    streaming: bool = False
+    fingerprint: str | None = None  # streaming: identity of the data (a Dataset has its own)
 
 
 def load_corpus(run) -> Corpus:
@@ -32,6 +34,9 @@ def load_corpus(run) -> Corpus:
 
     datasets.disable_progress_bars()
     source = DATA.get(run.data.name)(run.data)
+    if getattr(run.data, "streaming", False):
+        train, val, fp = source.load_streaming(cache_dir(run))
+        return Corpus(train=train, val=val, report=source.report, streaming=True, fingerprint=fp)
     ds = source.load(cache_dir(run))
     n = len(ds)
     if n < 2:
@@ -46,20 +51,35 @@ class TrainTexts:
     (Arrow batches, never the whole column as Python strings); ``fingerprint`` is the split's HF
     dataset fingerprint, so a tokenizer cache can be keyed on it without reading any text."""
 
-    def __init__(self, ds, batch_size: int = 1000):
-        self.ds, self.batch_size = ds, batch_size
-        self.fingerprint = getattr(ds, "_fingerprint", None)
+    def __init__(self, ds, batch_size: int = 1000, fingerprint: str | None = None, text_field: str = "text",
+                 max_docs: int | None = None):
+        self.ds, self.batch_size, self.text_field, self.max_docs = ds, batch_size, text_field, max_docs
+        self.fingerprint = fingerprint or getattr(ds, "_fingerprint", None)
 
     def __call__(self):
         return self  # re-iterable, as Tokenizer.build expects
 
     def __iter__(self):
-        for batch in self.ds.select_columns(["text"]).iter(batch_size=self.batch_size):
-            yield from batch["text"]
+        n = 0
+        for batch in self.ds.select_columns([self.text_field]).iter(batch_size=self.batch_size):
+            for t in batch[self.text_field]:
+                if self.max_docs is not None and n >= self.max_docs:
+                    return
+                if isinstance(t, str):
+                    n += 1
+                    yield t
 
 
 def build_tokenizer(run, corpus: Corpus | None = None):
     """Train (or load from the cache) the configured tokenizer on the training split."""
     corpus = corpus or load_corpus(run)
     cls = TOKENIZER.get(run.tokenizer.name)
-    return cls.build(run.tokenizer, TrainTexts(corpus.train), cache_dir(run))
+    if corpus.streaming:
+        # a stream may be endless: the tokenizer sees its first documents, as many as it may sample
+        # lines from (a bounded prefix, not a sample of the whole stream)
+        limit = getattr(run.tokenizer, "train_max_sentences", 100_000)
+        texts = TrainTexts(corpus.train, fingerprint=f"stream-{corpus.fingerprint}-first{limit}",
+                           text_field=run.data.text_field, max_docs=limit)
+    else:
+        texts = TrainTexts(corpus.train)
+    return cls.build(run.tokenizer, texts, cache_dir(run))

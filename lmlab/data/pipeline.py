@@ -25,6 +25,14 @@ Fallback (``start_batch``, a checkpoint without a stream position): each worker 
 discards its share of the first ``start_batch`` batches -- exact, but its cost grows with the
 batches consumed.
 
+Streaming (``StreamingTrainStream``, ``data=hf data.streaming=true``): the documents come from an
+HF ``IterableDataset`` read in its own order every epoch (no permutation: that needs random
+access); stream (rank, worker) reads shard ``rank x W + worker`` of ``world x W`` (so the dataset
+needs at least that many shards, i.e. files). Its position adds ``hf``, the IterableDataset's own
+``state_dict()`` (shard and example offset), so a resume continues at the next document without
+tokenizing any document read before. A sampling tokenizer draws with
+``default_rng([seed, epoch, stream, pos])``.
+
 Validation (``pack_eval``): deterministic segmentation, packed once, identical for every run that
 shares the tokenizer; ``max_blocks`` stops tokenizing once enough blocks are packed (the blocks are
 the same first blocks as without the cap).
@@ -115,6 +123,65 @@ class PackedTrainStream(IterableDataset):
                     f"({len(buf)} < {need} = data.batch_size x (model.seq_len+1)); use more data "
                     "or lower data.batch_size / model.seq_len / data.num_workers"
                 )
+            epoch, pos = epoch + 1, 0
+
+
+class StreamingTrainStream(PackedTrainStream):
+    def __init__(self, source, text_field: str, tokenizer, seq_len: int, batch_size: int, seed: int,
+                 state: dict | None = None):
+        super().__init__(None, tokenizer, seq_len, batch_size, seed, state=state)
+        self.source, self.text_field = source, text_field  # a datasets.IterableDataset
+
+    def part(self, wid: int, nw: int):
+        rank, world = self._rank()
+        n = world * nw
+        return self.source if n == 1 else self.source.shard(num_shards=n, index=rank * nw + wid, contiguous=False)
+
+    def __iter__(self):
+        slot, nw = self._worker()
+        epoch, pos, buf, hf_state, wid = 0, 0, [], None, slot
+        if self.state is not None:
+            wid = (slot + int(self.state["next_wid"])) % nw
+            ws = self.state["workers"].get(wid)
+            if ws is not None:
+                epoch, pos = int(ws["epoch"]), int(ws["pos"])
+                buf, hf_state = torch.as_tensor(ws["buf"]).tolist(), ws["hf"]
+        rank, world = self._rank()
+        stream_id = rank * nw + wid
+        block = self.seq_len + 1
+        need = block * self.batch_size
+        eos = self.tokenizer.eos_id
+        while True:
+            ds = copy.deepcopy(self.part(wid, nw))  # a fresh reader per epoch
+            ds.set_epoch(epoch)
+            if hf_state is not None:
+                ds.load_state_dict(hf_state)
+                hf_state = None
+            # .iter() reads this stream's shard as is (iterating the dataset itself inside a DataLoader
+            # worker would split its shards by worker again)
+            docs = ds.iter(batch_size=1)
+            produced = False
+            while True:
+                while len(buf) >= need:
+                    chunk, buf = buf[:need], buf[need:]
+                    produced = True
+                    yield {"tokens": torch.tensor(chunk, dtype=torch.long).view(self.batch_size, block),
+                           "epoch": epoch,
+                           "stream": {"wid": wid, "epoch": epoch, "pos": pos, "hf": ds.state_dict(),
+                                      "buf": torch.tensor(buf, dtype=torch.long)}}
+                ex = next(docs, None)
+                if ex is None:
+                    break
+                pos += 1
+                text = ex[self.text_field][0]
+                if not isinstance(text, str):
+                    continue
+                rng = np.random.default_rng([self.seed, epoch, stream_id, pos]) if self.tokenizer.sampling else None
+                buf.extend(self.tokenizer.encode(text, rng))
+                buf.append(eos)
+            if not produced and epoch > 0:
+                raise RuntimeError(f"worker {wid}: its shard of the streamed training split holds fewer tokens "
+                                   f"than one batch ({len(buf)} < {need}); use more data or fewer workers")
             epoch, pos = epoch + 1, 0
 
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lmlab.data.corpus import build_tokenizer, load_corpus
-from lmlab.data.pipeline import PackedTrainStream, byte_lengths, pack_eval, worker_init
+from lmlab.data.pipeline import PackedTrainStream, StreamingTrainStream, byte_lengths, pack_eval, worker_init
 from lmlab.data.sources.base import DataError
 
 
@@ -75,13 +75,41 @@ class TextDataModule(L.LightningDataModule):
         self.corpus = load_corpus(run)
         for line in self.corpus.report.lines():
             self.log(f"data: {line}")
+        streaming = self.corpus.streaming
+        if streaming:
+            import torch.distributed as dist
+
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            streams = world * max(1, run.data.num_workers)
+            if self.corpus.train.n_shards < streams:
+                raise DataError(
+                    f"data.streaming=true: the training split has {self.corpus.train.n_shards} shard(s) (files), "
+                    f"fewer than the {streams} streams (data.num_workers x processes) that each read one; "
+                    "use more files or a lower data.num_workers"
+                )
         self.tokenizer = build_tokenizer(run, self.corpus)
         # random access into the Arrow table: no Python copy of the training split
-        self.train_texts = TextColumn(self.corpus.train)
+        self.train_texts = None if streaming else TextColumn(self.corpus.train)
         # a fixed subset, the same for every run with this tokenizer and seq_len: the first blocks of
         # the validation documents in split order; documents past them are never tokenized
-        self.val_blocks = pack_eval(self.corpus.val["text"], self.tokenizer, run.model.seq_len,
+        if streaming:
+            used: list[str] = []
+            field = run.data.text_field
+
+            def val_texts():
+                for ex in self.corpus.val:
+                    if isinstance(ex.get(field), str):
+                        used.append(ex[field])
+                        yield ex[field]
+            texts = val_texts()
+        else:
+            texts = self.corpus.val["text"]
+        self.val_blocks = pack_eval(texts, self.tokenizer, run.model.seq_len,
                                     max_blocks=run.data.batch_size * run.trainer.limit_val_batches)
+        if streaming:  # keep (as a small Dataset) only the held-out documents that are scored
+            import datasets
+
+            self.corpus.val = datasets.Dataset.from_dict({"text": used})
         if len(self.val_blocks) == 0:
             raise DataError(
                 f"the validation split ({len(self.corpus.val)} documents) holds fewer than model.seq_len+1="
@@ -92,10 +120,11 @@ class TextDataModule(L.LightningDataModule):
         targets = self.val_blocks[:, 1:]
         val_tokens = targets.numel()
         self.val_bytes_per_token = float(self.bytes_len[targets].sum()) / val_tokens
-        train_bytes = utf8_bytes(self.corpus.train)
+        # a stream's size is unknown until read: the estimate and its check are for datasets only
+        train_bytes = float("nan") if streaming else utf8_bytes(self.corpus.train)
         est_train_tokens = train_bytes / self.val_bytes_per_token
         need = run.data.batch_size * (run.model.seq_len + 1) * max(1, run.data.num_workers)
-        if est_train_tokens < need:
+        if not streaming and est_train_tokens < need:
             raise DataError(
                 f"the training split (~{est_train_tokens:.0f} tokens) is smaller than one batch per "
                 f"worker ({need} tokens = data.batch_size x (model.seq_len+1) x data.num_workers)"
@@ -107,18 +136,25 @@ class TextDataModule(L.LightningDataModule):
         self.log(
             f"tokenizer: {type(self.tokenizer).__name__} vocab {self.tokenizer.vocab_size}, "
             f"val {val_tokens:,} tokens ({self.val_bytes_per_token:.2f} bytes/token), "
-            f"train ~{est_train_tokens:,.0f} tokens"
+            + ("train streamed" if streaming else f"train ~{est_train_tokens:,.0f} tokens")
         )
 
     def train_dataloader(self) -> DataLoader:
         run = self.run
-        if self.stream_state is None and self.start_batch:
+        if self.stream_state is None and self.start_batch and not self.corpus.streaming:
             self.log(f"data: the checkpoint holds no stream position; re-packing the {self.start_batch} "
                      "batches already consumed to find the place")
-        stream = PackedTrainStream(
-            self.train_texts, self.tokenizer, run.model.seq_len, run.data.batch_size, run.seed,
-            start_batch=self.start_batch, state=self.stream_state,
-        )
+        if self.corpus.streaming:
+            if self.stream_state is None and self.start_batch:
+                raise DataError("data.streaming=true: the checkpoint holds no stream position, and a stream "
+                                "cannot be re-read to find its place")
+            stream = StreamingTrainStream(self.corpus.train, run.data.text_field, self.tokenizer, run.model.seq_len,
+                                          run.data.batch_size, run.seed, state=self.stream_state)
+        else:
+            stream = PackedTrainStream(
+                self.train_texts, self.tokenizer, run.model.seq_len, run.data.batch_size, run.seed,
+                start_batch=self.start_batch, state=self.stream_state,
+            )
         nw = run.data.num_workers
         return DataLoader(
             stream, batch_size=None, num_workers=nw, worker_init_fn=worker_init if nw else None,
@@ -137,6 +173,8 @@ class TextDataModule(L.LightningDataModule):
             wid = int(pos["wid"])
             st = self.stream_state or {"next_wid": 0, "workers": {}}
             st["workers"][wid] = {"epoch": int(pos["epoch"]), "pos": int(pos["pos"]), "buf": pos["buf"].clone()}
+            if "hf" in pos:  # a streamed source's own reader position (ints and strings)
+                st["workers"][wid]["hf"] = pos["hf"]
             st["next_wid"] = (wid + 1) % nw
             self.stream_state = st
         return batch
@@ -160,7 +198,7 @@ class TextDataModule(L.LightningDataModule):
         ws = self.stream_state["workers"].get(wid)
         if ws is None:  # never delivered a batch: starts from the beginning
             return {"epoch": -1, "pos": 0, "buf": torch.zeros(0, dtype=torch.long)}
-        return {"epoch": ws["epoch"], "pos": ws["pos"], "buf": ws["buf"]}
+        return {k: ws[k] for k in ("epoch", "pos", "buf", "hf") if k in ws}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -181,6 +219,7 @@ class TextDataModule(L.LightningDataModule):
         mine = state["ranks"][rank]
         self.stream_state = {
             "next_wid": int(mine["next_wid"]),
-            "workers": {w: {"epoch": int(e["epoch"]), "pos": int(e["pos"]), "buf": torch.as_tensor(e["buf"])}
+            "workers": {w: {"epoch": int(e["epoch"]), "pos": int(e["pos"]), "buf": torch.as_tensor(e["buf"]),
+                            **({"hf": e["hf"]} if "hf" in e else {})}
                         for w, e in enumerate(mine["workers"]) if int(e["epoch"]) >= 0},
         }
