@@ -263,3 +263,17 @@ def test_ddp_ranks_and_workers_read_disjoint_documents(monkeypatch):
         assert all(shares) and sum(map(len, shares)) == len(set().union(*shares)) == len(DOCS)
     monkeypatch.setattr(stream, "_rank", lambda: (0, 1))  # one process: workers still partition
     assert sorted(stream.shard(0, 0, 2).tolist() + stream.shard(0, 1, 2).tolist()) == list(range(len(DOCS)))
+
+
+def test_text_column_reads_the_split_by_index_also_after_pickling():
+    import pickle
+
+    import datasets
+
+    from lmlab.train.datamodule import TextColumn
+
+    ds = datasets.Dataset.from_dict({"text": [f"doc {i}" for i in range(200)]})
+    split = ds.train_test_split(test_size=20, seed=0)["train"]  # an indices mapping over the table
+    col = TextColumn(split)
+    again = pickle.loads(pickle.dumps(col))
+    assert len(col) == 180 and [col[i] for i in range(180)] == list(split["text"]) == [again[i] for i in range(180)]
