@@ -102,12 +102,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="5,50,150", help="corpus sizes in MB")
     ap.add_argument("--steps", default="0,250,1000,4000", help="batches consumed before the resume")
     ap.add_argument("--resume-size", type=int, default=5, help="corpus size (MB) for the resume rows")
+    ap.add_argument("--only", choices=["before", "after"], help="measure one checkout only")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lmlab-data-bench"))
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in a.sizes.split(",")]
     checkouts = {"before": a.before, "after": a.after}
+    if a.only:
+        checkouts = {a.only: checkouts[a.only]}
     common = ["data=text", "data.split=paragraph", "data.num_workers=0", "model=micro"]
 
     def over(mb, which):
