@@ -4,7 +4,7 @@ Stream position: the training stream's batches carry the position of the (rank, 
 after that batch (``lmlab.data.pipeline``); ``on_before_batch_transfer`` -- called by Lightning in
 the training loop just before the step, i.e. for the batch training *consumes*, not the ones the
 workers prefetched -- strips it and records it. ``state_dict()`` (stored by Lightning in every
-checkpoint, ints and tensors only) holds, per rank, the position of each worker and which worker's
+checkpoint, ints, strings and tensors only) holds, per rank, the position of each worker and which worker's
 batch is due next; ``load_state_dict()`` restores it, and the next ``train_dataloader()`` starts
 every worker exactly there. Under DDP every rank's position is gathered into the checkpoint (a
 collective in ``state_dict()``, which Lightning calls on every rank). A checkpoint without a
