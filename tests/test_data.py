@@ -277,3 +277,22 @@ def test_text_column_reads_the_split_by_index_also_after_pickling():
     col = TextColumn(split)
     again = pickle.loads(pickle.dumps(col))
     assert len(col) == 180 and [col[i] for i in range(180)] == list(split["text"]) == [again[i] for i in range(180)]
+
+
+def test_hf_local_dataset_is_selected_in_arrow_without_a_python_copy(tmp_path):
+    """data=hf on a save_to_disk directory keeps the same documents as the list path (strings of at
+    least min_chars, at most max_docs, in order), counts the short ones, and stays memory-mapped."""
+    import datasets
+
+    from lmlab.data.sources.hf import HFConfig, HFDataset
+
+    body = ["a long enough document", None, "tiny", "another long document here", "third long one, kept"]
+    datasets.Dataset.from_dict({"body": body, "n": list(range(5))}).save_to_disk(str(tmp_path / "ds"))
+    src = HFDataset(HFConfig(path=str(tmp_path / "ds"), text_field="body", min_chars=10))
+    ds = src.load("/nonexistent-cache")
+    assert list(ds["text"]) == [body[0], body[3], body[4]] and ds.column_names == ["text"]
+    assert (src.report.docs, src.report.short_docs) == (3, 1)
+    assert src.report.chars == sum(len(body[i]) for i in (0, 3, 4))
+    assert ds.cache_files and all(str(tmp_path / "ds") in f["filename"] for f in ds.cache_files)
+    capped = HFDataset(HFConfig(path=str(tmp_path / "ds"), text_field="body", min_chars=10, max_docs=2))
+    assert list(capped.load("/nonexistent-cache")["text"]) == [body[0], body[3]]

@@ -42,7 +42,8 @@ def load_corpus(run) -> Corpus:
     if n < 2:
         raise DataError(f"data.name={run.data.name}: need at least 2 documents for a train/val split, got {n}")
     n_val = max(1, round(n * run.data.val_fraction))
-    split = ds.train_test_split(test_size=n_val, seed=run.data.val_seed, shuffle=True)
+    # index lists in memory: a memory-mapped dataset's own files are neither copied nor written next to
+    split = ds.train_test_split(test_size=n_val, seed=run.data.val_seed, shuffle=True, keep_in_memory=True)
     return Corpus(train=split["train"], val=split["test"], report=source.report)
 
 

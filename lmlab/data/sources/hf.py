@@ -123,4 +123,34 @@ class HFDataset(DataSource):
             raise DataError(f"dataset '{c.path}' has no column '{c.text_field}' "
                             f"(columns: {', '.join(ds.column_names)}); set data.text_field")
         self.report.files = 1
+        import pyarrow as pa
+
+        kind = ds.data.schema.field(c.text_field).type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            return self._select(ds)
         return finish([t for t in ds[c.text_field] if isinstance(t, str)], c, self.report, c.path)
+
+    def _select(self, ds):
+        """The same documents as ``finish`` keeps (strings of at least ``data.min_chars``
+        characters, at most ``data.max_docs``), chosen in Arrow as an index list over the
+        dataset's own (memory-mapped) table: no Python copy of the text."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        c = self.cfg
+        if ds._indices is not None:
+            ds = ds.flatten_indices(keep_in_memory=True)
+        col = ds.data.column(c.text_field)
+        lengths = pc.fill_null(pc.utf8_length(col), -1).to_numpy(zero_copy_only=False)
+        valid = lengths >= 0
+        keep = np.flatnonzero(lengths >= max(c.min_chars, 1))
+        self.report.short_docs += int(valid.sum()) - len(keep)
+        if c.max_docs:
+            keep = keep[: c.max_docs]
+        if len(keep) == 0:
+            raise DataError(f"no training text in {c.path}")
+        self.report.docs, self.report.chars = len(keep), int(lengths[keep].sum())
+        ds = ds.select_columns([c.text_field])
+        if c.text_field != "text":
+            ds = ds.rename_column(c.text_field, "text")
+        return ds if len(keep) == len(ds) else ds.select(keep, keep_in_memory=True)
