@@ -61,6 +61,11 @@ class MLAConfig(AttentionConfig):
         return d_c, d_r, d_n, d_v
 
     rotary_dim_key = "attention.rope_head_dim"
+    qk_norm_refusal = (
+        "MLA has no per-head key to normalise: its rotary key part is shared by all heads and the rest"
+        " is the up-projected latent (already RMS-normed), whose up-projection the absorbed decode form"
+        " folds into the query -- a norm after it would make the two forms differ"
+    )
 
     def rotary_dim(self, model_cfg) -> int:
         """Position encodings rotate only the decoupled part (SPEC §9)."""
