@@ -33,8 +33,8 @@ and restores it like any optimizer, so resume is exact); schedule values at the 
 from __future__ import annotations
 
 import math
-from collections import ChainMap, OrderedDict
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Union
 
 import torch
@@ -89,6 +89,39 @@ def split_params(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[list, list]
 
 
 # ------------------------------------------------------------------------------ two optimizers as one
+class _StateView(MutableMapping):
+    """The parts' per-parameter states as one mapping. Lookups test membership first: the parts'
+    states are defaultdicts, and a plain ``ChainMap`` lookup would plant an empty entry for a
+    parameter of another part in the first one (which then breaks its ``state_dict``)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self._parts = parts
+
+    def _owner(self, p) -> torch.optim.Optimizer:
+        for opt in self._parts:
+            if any(q is p for g in opt.param_groups for q in g["params"]):
+                return opt
+        raise KeyError(p)
+
+    def __getitem__(self, p):
+        for opt in self._parts:
+            if p in opt.state:
+                return opt.state[p]
+        return self._owner(p).state[p]  # a parameter not stepped yet: its (empty) state
+
+    def __setitem__(self, p, value) -> None:
+        self._owner(p).state[p] = value
+
+    def __delitem__(self, p) -> None:
+        del self._owner(p).state[p]
+
+    def __iter__(self):
+        return (p for opt in self._parts for p in opt.state)
+
+    def __len__(self) -> int:
+        return sum(len(opt.state) for opt in self._parts)
+
+
 class Combined(torch.optim.Optimizer):
     """Several torch optimizers stepped as one (for Lightning's automatic optimization).
 
@@ -114,8 +147,8 @@ class Combined(torch.optim.Optimizer):
         return [g for opt in self.parts.values() for g in opt.param_groups]
 
     @property
-    def state(self) -> ChainMap:
-        return ChainMap(*(opt.state for opt in self.parts.values()))
+    def state(self) -> _StateView:
+        return _StateView(list(self.parts.values()))
 
     @torch.no_grad()
     def step(self, closure=None):
