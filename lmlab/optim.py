@@ -176,6 +176,13 @@ class Combined(torch.optim.Optimizer):
         for name, opt in self.parts.items():
             opt.load_state_dict(state_dict[name])
 
+    # plain object pickling (deepcopy, spawn): Optimizer's versions would store the views as attributes
+    def __getstate__(self) -> dict:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return "Combined(" + ", ".join(f"{n}={type(o).__name__}" for n, o in self.parts.items()) + ")"
 

@@ -132,6 +132,10 @@ def test_muon_state_round_trip_gives_identical_next_steps(compose):
     assert all("momentum_buffer" in s for s in opt.parts["muon"].state.values())
     assert all("exp_avg_sq" in s for s in opt.parts["adamw"].state.values())
 
+    twin = copy.deepcopy({"model": model, "opt": opt})  # deep copies keep the parts and their state
+    assert twin["opt"].param_groups[0]["params"][0] is twin["model"].blocks[0].attn.q_proj.weight
+    assert set(twin["opt"].state_dict()) == {"muon", "adamw"} and len(twin["opt"].state) == len(opt.state)
+
     _steps(model, opt, sched, 5, seed=2)  # the uninterrupted run
 
     buf.seek(0)
