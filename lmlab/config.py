@@ -45,7 +45,7 @@ class ModelConfig:
     n_head: int = 4
     head_dim: Optional[int] = None  # default d_model // n_head
     mlp: Literal["swiglu", "gelu", "relu2"] = "swiglu"  # relu2: relu(x)^2, GELU's width
-    mlp_ratio: float = 4.0  # hidden = ratio*d (gelu) or 2/3*ratio*d rounded up to 32 (swiglu)
+    mlp_ratio: float = 4.0  # hidden = ratio*d (gelu, relu2) or 2/3*ratio*d rounded up to 32 (swiglu)
     dropout: float = 0.0
     tie_embeddings: bool = True
     seq_len: int = 256

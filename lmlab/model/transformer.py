@@ -125,7 +125,7 @@ class Transformer(nn.Module):
             x = block(x, positions, caches[i] if caches is not None else None)
         h = self.norm_f(x)
         logits = self.lm_head(h)  # (B, T, V)
-        if self.cfg.logit_softcap is not None:  # tanh softcap (Gemma 2): |logits| < c, smooth
+        if self.cfg.logit_softcap is not None:  # tanh softcap (Gemma 2): |logits| <= c, smooth
             c = self.cfg.logit_softcap
             logits = c * torch.tanh(logits / c)
         return (logits, h) if return_hidden else logits
