@@ -83,6 +83,14 @@ def test_vocab_size_override_is_a_config_error(compose):
         compose(["tokenizer=bytes", "tokenizer.vocab_size=512"])
 
 
+@pytest.mark.parametrize("data", ["shakespeare", "pystdlib", "text data.paths=[x.txt]", "hf data.path=somewhere",
+                                  "digits task=image_text"])
+def test_composes_with_every_data_source(compose, data):
+    name, *partner = data.split()
+    run = compose(["tokenizer=bytes", f"data={name}", *partner])
+    assert run.tokenizer.name == "bytes" and run.data.name == name
+
+
 # ---- the continuation probe ----------------------------------------------------------------------
 
 TEXT = ("the quick brown fox jumps over the lazy dog; 中文 words, and émigré cafés!\n" * 40)
