@@ -59,8 +59,8 @@ def _write_atomic(path: Path, write) -> None:
         if isinstance(e, (KeyboardInterrupt, SystemExit, CheckpointWriteError)):
             raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {_first_line(e)}"
-        err = CheckpointWriteError(f"could not write checkpoint {path.name} in {path.parent}: {reason} "
-                                   "(the previous checkpoint is intact; free space and rerun to resume)")
+        err = CheckpointWriteError(f"could not write checkpoint in {path.parent}: {reason} (writing {path.name}; "
+                                   "the previous checkpoint is intact: fix the cause and rerun to resume)")
         if isinstance(e, OSError):
             err.errno = e.errno
         raise err from e
@@ -147,7 +147,7 @@ class CheckpointWriter(L.Callback):
 
     def __init__(self, ckpt_dir: Path, every: int, keep_last: int, log=print):
         self.ckpt_dir = Path(ckpt_dir)
-        self.every, self.keep_last, self.log = every, keep_last, log
+        self.every, self.keep_last, self._log = every, keep_last, log
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -186,7 +186,7 @@ class CheckpointWriter(L.Callback):
             if step % self.every != 0:
                 self.save_last(trainer)
             name = signal.Signals(self.signum).name
-            self.log(f"{name}: checkpoint written at step {step} in {self.ckpt_dir}; stopping")
+            self._log(f"{name}: checkpoint written at step {step} in {self.ckpt_dir}; stopping")
             trainer.should_stop = True
 
     def save_step(self, trainer) -> None:

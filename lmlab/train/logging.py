@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
@@ -156,7 +157,7 @@ def wandb_logger(run, run_dir: str, config: dict):
             mode = "online" if wandb_logged_in() else "offline"
         id_file = Path(run_dir) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else ""
-        run_id = run_id or wandb.util.generate_id()
+        run_id = run_id or uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
         logger = SafeWandbLogger(
             project=run.logger.project, entity=run.logger.entity, group=run.sweep_name,
             name=run.run_name, save_dir=run_dir, config=config, mode=mode, id=run_id, resume="allow",
