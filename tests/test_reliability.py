@@ -380,9 +380,17 @@ def test_item20_wandb_failing_to_start_or_log_warns_and_training_goes_on(compose
 
 @pytest.mark.slow
 def test_item22_resumed_run_continues_the_same_wandb_run(compose, tiny_overrides, monkeypatch):
-    import json
+    from lmlab.train.logging import SafeWandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    landed = {}
+    original = SafeWandbLogger.set_summary
+
+    def spy(self, values):  # read back what the W&B run summary holds (offline: not in a json file)
+        original(self, values)
+        landed.update({k: self.experiment.summary[k] for k in ("step", "val_bpb")})
+
+    monkeypatch.setattr(SafeWandbLogger, "set_summary", spy)
     base = tiny_overrides + ["run_name=wbc", "logger=wandb"]
     train(compose(base + ["trainer.max_steps=3"]), log=quiet)
     d = Path(compose(base).out_dir) / "wbc"
@@ -391,8 +399,8 @@ def test_item22_resumed_run_continues_the_same_wandb_run(compose, tiny_overrides
     assert (d / "wandb_id.txt").read_text().strip() == run_id
     offline = sorted((d / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
-    summary = json.loads((offline[-1] / "files" / "wandb-summary.json").read_text())
-    assert summary["step"] == 6 and "val_bpb" in summary
+    summary = (d / "summary.json").read_text()
+    assert landed["step"] == 6 and f"{landed['val_bpb']}" in summary
 
 
 def test_item21_non_finite_loss_leaves_error_txt_removed_by_a_good_rerun(compose, tiny_overrides):
@@ -402,13 +410,13 @@ def test_item21_non_finite_loss_leaves_error_txt_removed_by_a_good_rerun(compose
                 forward = pl_module.model.forward
                 pl_module.model.forward = lambda *a, **k: forward(*a, **k) * float("nan")
 
-    run = compose(tiny_overrides + ["run_name=nan"])
+    run = compose(tiny_overrides + ["run_name=poison"])
     with pytest.raises(FloatingPointError):
         train(run, log=quiet, callbacks=[PoisonAt()])
-    d = Path(run.out_dir) / "nan"
+    d = Path(run.out_dir) / "poison"
     text = (d / "error.txt").read_text()
     assert "Traceback" in text and "NonFiniteError: non-finite training loss" in text
-    s = train(compose(tiny_overrides + ["run_name=nan"]), log=quiet)  # resumes from step 3, succeeds
+    s = train(compose(tiny_overrides + ["run_name=poison"]), log=quiet)  # resumes from step 3, succeeds
     assert s["step"] == 6 and not (d / "error.txt").exists()
 
 

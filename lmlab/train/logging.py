@@ -1,10 +1,11 @@
 """Run-directory metrics: a CSV logger that survives resume, and the optional W&B logger.
 
 Rows carry the step their values were computed at (``TaskModule.write_row``). Lightning's CSVLogger
-deletes an existing ``metrics.csv`` when a run restarts; ours keeps exactly the rows the resumed run
-will not write again: rows before the resume step, plus the validation row at the resume step when the
-checkpoint's validation history holds it. Rows a killed run logged after its checkpoint are dropped
-(the resumed run redoes those steps), so every step appears once and one file holds the whole curve.
+deletes an existing ``metrics.csv`` when a run restarts; ours keeps the rows the resumed run will not
+write again: rows before the resume step R, plus the validation row at R (computed from the very
+weights of the checkpoint; if the resumed run validates at R again, the new row replaces it). Rows a
+killed run logged after its checkpoint are dropped (the resumed run redoes those steps), so every step
+appears once and one file holds the whole curve.
 Rows are appended as they are logged (a kill loses none that the checkpoint covers).
 
 W&B (``wandb_logger``): the run id is kept in ``wandb_id.txt`` in the run directory, so a resumed run
@@ -25,10 +26,10 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 class RunCSVLogger(Logger):
-    def __init__(self, run_dir: str, resume_step: int | None = None, val_steps=()):
-        """``resume_step``: the step of the checkpoint resumed from (None: a fresh start, no old rows);
-        ``val_steps``: the steps of that checkpoint's validation history."""
+    def __init__(self, run_dir: str, resume_step: int | None = None):
+        """``resume_step``: the step of the checkpoint resumed from (None: a fresh start, no old rows)."""
         super().__init__()
+        self.resume_step = resume_step
         self.path = Path(run_dir) / "metrics.csv"
         self.rows: list[dict] = []
         self.keys: list[str] = ["step"]
@@ -40,8 +41,7 @@ class RunCSVLogger(Logger):
                 if resume_step is None or not r.get("step"):
                     return False
                 step = int(r["step"])
-                is_val = any(k.startswith("val/") and v not in (None, "") for k, v in r.items())
-                return step < resume_step or (step == resume_step and is_val and step in set(val_steps))
+                return step < resume_step or (step == resume_step and _is_val(r))
 
             keep = [r for r in old if kept(r)]
             self.rows = keep
@@ -74,6 +74,11 @@ class RunCSVLogger(Logger):
         row = {"step": step}
         for k, v in metrics.items():
             row[k] = v.item() if hasattr(v, "item") else v
+        if step == self.resume_step and _is_val(row):
+            old = [r for r in self.rows if _is_val(r) and r.get("step") is not None and int(r["step"]) == step]
+            if old:  # validated again at the resume step: the new row replaces the kept one
+                self.rows = [r for r in self.rows if not any(r is o for o in old)]
+                self._write_all()
         self._pending.append(row)
         self.save()  # on disk at once: a checkpoint never covers a row the file lacks
 
@@ -142,6 +147,10 @@ class SafeWandbLogger(WandbLogger):
     def set_summary(self, values: dict) -> None:
         """Final figures into the W&B run summary (not a one-point history)."""
         self._guard("summary", lambda: self.experiment.summary.update(values))
+
+
+def _is_val(row: dict) -> bool:
+    return any(str(k).startswith("val/") and v not in (None, "") for k, v in row.items())
 
 
 def wandb_logger(run, run_dir: str, config: dict):

@@ -148,8 +148,7 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
     log(f"model: {module.model.n_params():,} parameters; run dir {run_dir}; {threads} torch threads, "
         f"{run.data.num_workers} tokenizer worker(s)")
 
-    val_steps = [h["step"] for h in (task_state or {}).get("val_history", [])]
-    loggers = [RunCSVLogger(str(run_dir), resume_step, val_steps)]
+    loggers = [RunCSVLogger(str(run_dir), resume_step)]
     wb = wandb_logger(run, str(run_dir), config) if run.logger.wandb else None
     if wb is not None:
         loggers.append(wb)
@@ -177,10 +176,10 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
             raise StoppedBySignal(
                 f"stopped by {name} at step {trainer.global_step}; checkpoint {ckpt_dir / 'last.ckpt'} "
                 "(run the same command again to resume)", writer.signum)
-        writer.save_last(trainer)
         if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=task.datamodule, verbose=False)
             module.val_history.append({"step": trainer.global_step, **_val_now(trainer)})
+        writer.save_last(trainer)  # after the final validation: a rerun finds it in val_history
         last = module.val_history[-1]
         summary = {
             "run_name": run.run_name,
