@@ -184,7 +184,7 @@ def test_item02_sigterm_then_kill9_resumes_from_the_newest(tiny_overrides, tmp_p
     resumes from the newest checkpoint (not the SIGTERM one), with no -vN files and keep_last honoured."""
     drop = ("trainer.max_steps", "trainer.val_every")
     args = [a for a in tiny_overrides if not a.startswith(drop)]
-    cmd = [sys.executable, "train.py", *args, "run_name=seq", "trainer.max_steps=400", "trainer.val_every=10",
+    cmd = [sys.executable, "train.py", *args, "run_name=seq", "trainer.max_steps=120", "trainer.val_every=10",
            "trainer.keep_last=2"]
     d = tmp_path / "seq"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -212,8 +212,8 @@ def test_item02_sigterm_then_kill9_resumes_from_the_newest(tiny_overrides, tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"at step {newest}" in r.stdout and newest > s1, r.stdout[-2000:]
     assert "taking over the stale lock" in r.stdout
-    assert ckpt_names(d) == ["last.ckpt", "step-390.ckpt", "step-400.ckpt"]
-    assert sorted(train_rows(d)) == list(range(400))  # every step logged once across three processes
+    assert ckpt_names(d) == ["last.ckpt", "step-110.ckpt", "step-120.ckpt"]
+    assert sorted(train_rows(d)) == list(range(120))  # every step logged once across three processes
 
 
 def _finished(compose, tiny_overrides, name, *extra):
