@@ -60,8 +60,16 @@ def train(run, log=print, callbacks=()) -> dict:
     from lmlab.train.checkpointing import RunLock
 
     run_dir = Path(run.run_dir or Path(run.out_dir) / run.run_name)
+    if not _launcher_rank_zero():  # a DDP worker Lightning started: rank 0 owns and writes the directory
+        return _train_locked(run, run_dir, log, callbacks, owner=False)
     with RunLock(run_dir, log):  # the first thing written into the run directory
         return _train_locked(run, run_dir, log, callbacks)
+
+
+def _launcher_rank_zero() -> bool:
+    """False in the extra processes of a multi-process launch (Lightning's DDP launcher, SLURM, torchrun),
+    which run this same function: only the global rank 0 takes the lock and writes run files."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _accept_resume(run, run_dir: Path, ckpt_dir: Path, config: dict, log) -> tuple[str | None, dict | None]:
@@ -89,7 +97,7 @@ def _accept_resume(run, run_dir: Path, ckpt_dir: Path, config: dict, log) -> tup
     return ckpt_path, {**task_state, "global_step": int(state["global_step"])}
 
 
-def _train_locked(run, run_dir: Path, log, callbacks) -> dict:
+def _train_locked(run, run_dir: Path, log, callbacks, owner: bool = True) -> dict:
     from lmlab.train.checkpointing import StoppedBySignal, clean_tmp
 
     t0 = time.time()
@@ -100,8 +108,11 @@ def _train_locked(run, run_dir: Path, log, callbacks) -> dict:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     ckpt_dir = run_dir / "checkpoints"
     config = to_dict(run)
-    clean_tmp(ckpt_dir, log)  # partial files of a save that was killed; never a complete checkpoint
+    if owner:
+        clean_tmp(ckpt_dir, log)  # partial files of a save that was killed; never a complete checkpoint
     ckpt_path, task_state = _accept_resume(run, run_dir, ckpt_dir, config, log)
+    if not owner:
+        return _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, time.time())
 
     # ---- accepted: from here on the run directory is this run's
     if str(run.resume).lower() in ("false", "no"):
@@ -196,7 +207,8 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
             **task.summary(),
         }
         summary.update(task.on_fit_end(run_dir) or {})
-        _write_json(run_dir / "summary.json", summary)
+        if trainer.is_global_zero:  # one writer of the run's records
+            _write_json(run_dir / "summary.json", summary)
         ent = summary.get("val_byte_unigram_entropy")
         log(f"done: step {summary['step']}, val bits/byte {summary['val_bpb']:.4f}"
             + (f" (byte-unigram entropy of the same text: {ent:.4f})" if ent == ent and ent else "")
