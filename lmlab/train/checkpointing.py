@@ -258,7 +258,7 @@ def resolve_resume(resume: str | bool, ckpt_dir: Path, log=print) -> str | None:
                                          f"checkpoint in {ckpt_dir}")
         if path is None and skipped:  # never silently retrain over damaged checkpoints
             raise CheckpointError(
-                f"{ckpt_dir}: no loadable checkpoint ({len(skipped)} damaged; see above); "
+                f"no loadable checkpoint in {ckpt_dir} ({'; '.join(r.removeprefix('skipping ') for r in skipped)}); "
                 "resume=false starts this run over, or move the folder away"
             )
         return path
