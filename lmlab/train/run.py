@@ -109,7 +109,8 @@ def _train_locked(run, run_dir: Path, log, callbacks, owner: bool = True) -> dic
     ckpt_dir = run_dir / "checkpoints"
     config = to_dict(run)
     if owner:
-        clean_tmp(ckpt_dir, log)  # partial files of a save that was killed; never a complete checkpoint
+        for d in (ckpt_dir, run_dir):  # partial files of a save that was killed; never a complete record
+            clean_tmp(d, log)
     ckpt_path, task_state = _accept_resume(run, run_dir, ckpt_dir, config, log)
     if not owner:
         return _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, time.time())
