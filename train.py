@@ -3,8 +3,13 @@
 Thin entry point: Hydra composes conf/, lmlab validates it (every problem at once, before any data
 or model work) and trains in outputs/<run_name>/ (resuming if that directory has a checkpoint).
 Errors: lmlab's own (``lmlab.errors.LmlabError``: config, data, checkpoint and resume refusals) print as
-one message (exit 2); any other exception keeps its traceback. In a multirun a failed job writes
-``error.txt`` (the full traceback, whatever the error) and the sweep goes on.
+one message (exit 2); any other exception keeps its traceback. A run that fails after its directory
+was accepted leaves ``error.txt`` (the full traceback; lmlab.train.run). An invalid config writes
+nothing: the empty directory Hydra made for it is removed (Hydra's ``.hydra/`` and job log are off:
+conf/config.yaml). SIGTERM / SIGINT checkpoint at the next step boundary and exit 143 / 130.
+In a multirun a failed job writes ``error.txt`` (an invalid config's too, with its composed config in
+``.hydra/config.yaml`` for ``lmlab.report``) and the sweep goes on; at the end the sweep prints one
+line per failed job and exits 1.
 """
 
 import os
@@ -21,6 +26,8 @@ from lmlab.config import prepare_argv, run_name_from_overrides  # noqa: E402
 
 OmegaConf.register_new_resolver("lmlab_run_name", run_name_from_overrides, replace=True)
 
+FAILED: list[tuple[str, str]] = []  # (job dir, first line of its error), for the end-of-sweep report
+
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
@@ -35,25 +42,30 @@ def main(cfg: DictConfig):
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
 
-    def fail(e: BaseException, clean: bool):
+    def fail(e: BaseException, clean: bool, config_error: bool = False):
         """lmlab's own errors (``clean``) are one message; anything else keeps its traceback."""
         text = str(e) if clean else "".join(traceback.format_exception(e))
+        out = hc.runtime.output_dir
         if not multirun:
+            if config_error:
+                _remove_if_empty(out)  # Hydra made it before validation; nothing of ours is in it
             if not clean:
                 raise e
-            print(f"error in run {hc.runtime.output_dir}:\n{text}", file=sys.stderr)
+            print(f"error in run {out}:\n{text}", file=sys.stderr)
             sys.exit(2)
-        print(f"error in run {hc.runtime.output_dir}:\n{text}", file=sys.stderr)
-        os.makedirs(hc.runtime.output_dir, exist_ok=True)
-        with open(os.path.join(hc.runtime.output_dir, "error.txt"), "w") as f:
-            # the full traceback (with its causes) whatever the error: the console had the short form
-            f.write("".join(traceback.format_exception(e)))
-        # one failing job must not stop the sweep
+        print(f"error in run {out}:\n{text}", file=sys.stderr)
+        FAILED.append((out, (str(e).strip().splitlines() or [type(e).__name__])[0]))
+        if config_error:  # the job's folder is the sweep's record of this failure
+            os.makedirs(os.path.join(out, ".hydra"), exist_ok=True)
+            OmegaConf.save(cfg, os.path.join(out, ".hydra", "config.yaml"))
+            with open(os.path.join(out, "error.txt"), "w") as f:
+                f.write("".join(traceback.format_exception(e)))
+        # one failing job must not stop the sweep; train() wrote error.txt if the run had begun
 
     try:  # validated before importing Lightning or touching data
         run = build_config(cfg)
     except LmlabError as e:
-        return fail(e, clean=True)
+        return fail(e, clean=True, config_error=True)
     run.run_dir = hc.runtime.output_dir
     from lmlab.config import resume_target
 
@@ -75,13 +87,31 @@ def main(cfg: DictConfig):
         return train(run, callbacks=callbacks)["val_bpb"]
     except StoppedBySignal as e:  # stop the whole sweep too; rerunning resumes
         print(str(e), file=sys.stderr)
-        sys.exit(143)
+        sys.exit(e.exit_code)
     except LmlabError as e:
         return fail(e, clean=True)
     except Exception as e:
         return fail(e, clean=False)
 
 
+def _remove_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)  # only succeeds on an empty directory
+    except OSError:
+        pass
+
+
+def report_failed_jobs() -> int:
+    """After a sweep: one line per failed job on stderr; the exit status (1 if any failed)."""
+    if not FAILED:
+        return 0
+    print(f"sweep finished with {len(FAILED)} failed job(s):", file=sys.stderr)
+    for job, first in FAILED:
+        print(f"  FAILED {job}: {first}", file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
     sys.argv = prepare_argv(sys.argv)  # resume= paths with '=' and ',' unquoted; sweep folder names
     main()
+    sys.exit(report_failed_jobs())

@@ -184,7 +184,48 @@ class TrainerConfig:
             p.append(f"trainer.val_every={self.val_every} must be positive")
         if self.keep_last < 1:
             p.append(f"trainer.keep_last={self.keep_last} must be >= 1")
+        if self.log_every <= 0:
+            p.append(f"trainer.log_every={self.log_every} must be positive")
+        # Lightning's own names (tests/test_reliability.py checks they stay valid), checked here so a
+        # typo fails before any data or model work instead of inside Trainer(...)
+        if str(self.precision) not in PRECISIONS:
+            p.append(f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}"
+                     f"{did_you_mean(self.precision, PRECISIONS, 'trainer.precision=')}")
+        if self.accelerator not in ACCELERATORS:
+            p.append(f"trainer.accelerator={self.accelerator!r} is not one of {', '.join(ACCELERATORS)}"
+                     f"{did_you_mean(self.accelerator, ACCELERATORS, 'trainer.accelerator=')}")
+        elif self.accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                p.append(f"trainer.accelerator={self.accelerator}: no CUDA GPU is available on this machine "
+                         "(use trainer=cpu, or trainer.accelerator=cpu)")
+            elif self.devices > torch.cuda.device_count():
+                p.append(f"trainer.devices={self.devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        elif self.accelerator == "mps":
+            import torch
+
+            if not torch.backends.mps.is_available():
+                p.append("trainer.accelerator=mps: MPS is not available on this machine")
+        if self.devices == 0 or self.devices < -1:
+            p.append(f"trainer.devices={self.devices} must be >= 1 (or -1: every device)")
+        if self.num_nodes < 1:
+            p.append(f"trainer.num_nodes={self.num_nodes} must be >= 1")
+        if self.strategy not in STRATEGIES:
+            p.append(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}"
+                     f"{did_you_mean(self.strategy, STRATEGIES, 'trainer.strategy=')}")
         return p
+
+
+# Valid Lightning values (lightning 2.6: fabric.connector._PRECISION_INPUT_STR, AcceleratorRegistry,
+# StrategyRegistry); tests/test_reliability.py asserts each is accepted by the installed Lightning.
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+              "transformer-engine", "transformer-engine-float16", "32", "16", "bf16", "64")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
+              "ddp_find_unused_parameters_false", "fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_1",
+              "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+              "single_device")
 
 
 @dataclass
@@ -250,6 +291,32 @@ class RunConfig:
     run_dir: str = ""  # filled by train.py from Hydra (outputs/<run_name> or outputs/<sweep>/<job>)
     resume: Union[bool, str] = "auto"  # auto | true | false | a checkpoint path
     cache_dir: str = ""  # tokenizer/corpus cache; "" -> $LMLAB_CACHE or ~/.cache/lmlab
+
+    def check(self, run) -> list[str]:
+        p = []
+        if isinstance(self.seed, int) and not 0 <= self.seed < 2**32:
+            p.append(f"seed={self.seed} must be in [0, 2**32) (torch and numpy seeds are unsigned 32-bit)")
+        for key in ("run_name", "sweep_name"):
+            problem = _name_problem(getattr(self, key))
+            if problem:
+                p.append(f"{key}={getattr(self, key)!r} {problem}")
+        return p
+
+
+def _name_problem(name: Any) -> str:
+    """Why a run/sweep name would not stay inside out_dir ('' if it does)."""
+    import posixpath
+
+    if not isinstance(name, str):
+        return ""  # the type problem is reported already
+    if not name.strip():
+        return "is empty"
+    if name.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", name):
+        return "must be a name under out_dir, not an absolute path"
+    parts = re.split(r"[/\\]", name)
+    if any(part in ("..", ".") for part in parts) or posixpath.normpath(name.replace("\\", "/")) in (".", ".."):
+        return "must stay inside out_dir (no '.' or '..' parts)"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------

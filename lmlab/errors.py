@@ -31,3 +31,11 @@ class MissingCheckpointError(LmlabError, FileNotFoundError):
 
 class CheckpointWriteError(LmlabError, OSError):
     """A checkpoint could not be written (disk full, permissions); the message names the directory."""
+
+
+class RunDirLockedError(LmlabError):
+    """Another live process owns the run directory (its lock names the pid, host and start time)."""
+
+
+class RunDirError(LmlabError):
+    """A run directory cannot be used as asked (e.g. records of a finished run without checkpoints)."""

@@ -34,6 +34,14 @@ def test_failed_delete_does_not_raise(tmp_path, monkeypatch, capsys):
     assert "could not delete old checkpoint" in capsys.readouterr().out
 
 
+def fake_ckpt(path, step):
+    """A minimal file read_checkpoint accepts, recording ``step``."""
+    from lmlab.train.checkpoint import FORMAT
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "lmlab": {"format": FORMAT}}, path)
+
+
 def test_resume_resolution(tmp_path):
     d = tmp_path / "checkpoints"
     assert resolve_resume("auto", d) is None
@@ -42,8 +50,7 @@ def test_resume_resolution(tmp_path):
         resolve_resume(True, d)
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         resolve_resume(str(tmp_path / "x.ckpt"), d)
-    d.mkdir()
-    (d / "last.ckpt").write_bytes(b"x")
+    fake_ckpt(d / "last.ckpt", 3)
     assert resolve_resume("auto", d) == str(d / "last.ckpt")
     assert resolve_resume(True, d) == str(d / "last.ckpt")
     assert resolve_resume(False, d) is None

@@ -29,7 +29,19 @@ def _yamls(group):
 
 @pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in _yamls(g)])
 def test_every_yaml_composes_and_validates(compose, group, name):
-    run = compose([f"{group}={name}", *PARTNERS.get((group, name), [])])
+    import torch
+
+    overrides = [f"{group}={name}", *PARTNERS.get((group, name), [])]
+    if group == "trainer" and compose(overrides, validate=False).trainer.accelerator in ("gpu", "cuda") \
+            and not torch.cuda.is_available():
+        # validation checks the hardware: without CUDA the one problem must be exactly that, naming the key
+        with pytest.raises(ConfigError) as ei:
+            compose(overrides)
+        assert ei.value.problems == [f"trainer.accelerator={compose(overrides, validate=False).trainer.accelerator}: "
+                                     "no CUDA GPU is available on this machine (use trainer=cpu, or "
+                                     "trainer.accelerator=cpu)"]
+        return
+    run = compose(overrides)
     if group not in ("debug", "experiment"):
         assert getattr(run, group) is not None
 

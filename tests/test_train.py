@@ -136,13 +136,15 @@ def test_multirun_makes_one_dir_per_job_and_survives_a_failing_job(tiny_override
          "sweep_name=sw", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]  # the sweep reports its failed job after the others ran
     jobs = sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 3, jobs
     ok = [j for j in jobs if (tmp_path / "sw" / j / "summary.json").exists()]
     failed = [j for j in jobs if (tmp_path / "sw" / j / "error.txt").exists()]
     assert len(ok) == 2 and len(failed) == 1
     assert "model.n_head=5" in (tmp_path / "sw" / failed[0] / "error.txt").read_text()
+    failed_lines = [ln for ln in r.stderr.splitlines() if ln.strip().startswith("FAILED ")]
+    assert len(failed_lines) == 1 and str(tmp_path / "sw" / failed[0]) in failed_lines[0], r.stderr[-2000:]
 
 
 @pytest.mark.slow

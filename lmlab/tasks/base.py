@@ -21,6 +21,9 @@ Guarantees of the base (tests: test_tasks.py, test_train.py, test_multimodal_tra
   what the global RNG went through before (data-loader start-ups and validations consume global draws
   differently in a resumed run). With the data position in the checkpoint, a resumed run repeats the
   uninterrupted one bit for bit. This is the only resume scheme: no RNG state is saved.
+- Logged rows (``metrics.csv``, W&B) carry the step their values were computed at (``write_row``):
+  a ``train/*`` row at step N holds the batch trained at ``global_step`` N; rows are written every
+  ``trainer.log_every`` steps (N % log_every == 0), validation rows at each validation.
 - Counters (batches, tokens, bytes seen; tokens/s measured between logged steps) and the validation
   history travel in the checkpoint's ``lmlab`` section (format ``lmlab.train.checkpoint.FORMAT``),
   which holds tensors and plain data only; ``on_load_checkpoint`` refuses (``ResumeError``) a
@@ -83,6 +86,7 @@ class TaskModule(L.LightningModule):
         self.tokens_per_sec = float("nan")
         self.last_train_loss = float("nan")
         self.val_history: list[dict] = []
+        self._row: Optional[tuple[int, dict]] = None  # the logged row of the step in progress
 
     # ---------------------------------------------------------------- hooks for tasks
     def step_loss(self, batch) -> StepLoss:
@@ -123,7 +127,7 @@ class TaskModule(L.LightningModule):
         self.train_bytes += out.bytes
         self._tok_since += out.tokens
         self.last_train_loss = out.loss.item()
-        if self.global_step % self.run.trainer.log_every == 0:  # only the steps Lightning writes
+        if self.global_step % self.run.trainer.log_every == 0:
             self._log_step(batch, out)
         return out.total
 
@@ -142,8 +146,27 @@ class TaskModule(L.LightningModule):
         if out.aux is not None:
             metrics["train/aux_loss"] = out.aux.detach()
         metrics.update(self.step_metrics(batch, out))
-        self.log_dict(metrics, on_step=True, on_epoch=False)
+        # callback_metrics (progress display, early stopping) only: rows are written by write_row
+        self.log_dict(metrics, on_step=True, on_epoch=False, logger=False)
         self.log("train/loss_bar", out.loss.detach(), prog_bar=True, logger=False)
+        self._row = (self.global_step, metrics)
+
+    def write_row(self, step: int, metrics: dict) -> None:
+        """One logged row labelled with the step its values were computed at: for ``train/*`` the
+        ``global_step`` of the batch (the weights after that many optimizer steps), for ``val/*`` the
+        number of optimizer steps taken. Written to every logger directly, not through Lightning's
+        logger connector, whose row label runs ahead of the step the values belong to."""
+        if self._trainer is None or self.trainer.sanity_checking:
+            return
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+        for lg in self.loggers:
+            lg.log_metrics(row, step=step)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self._row is not None:  # after the optimizer step: the row includes the gradient norm
+            step, metrics = self._row
+            self._row = None
+            self.write_row(step, metrics)
 
     def on_before_optimizer_step(self, optimizer):
         # Clipping here (not through Trainer.gradient_clip_val) computes the norm once for both
@@ -154,8 +177,9 @@ class TaskModule(L.LightningModule):
             raise NonFiniteError(
                 f"non-finite gradient norm at step {self.global_step}; stopped before the optimizer step"
             )
-        if self.global_step % self.run.trainer.log_every == 0:
-            self.log("train/grad_norm", norm, on_step=True)
+        if self._row is not None:
+            self._row[1]["train/grad_norm"] = norm.detach()
+            self.log("train/grad_norm", norm, on_step=True, logger=False)
 
     def configure_optimizers(self):
         from lmlab.optim import build_optimizer  # optim.name / optim.schedule: lmlab/optim.py
@@ -171,9 +195,10 @@ class TaskModule(L.LightningModule):
         if not m:
             return
         for k, v in m.items():
-            self.log(f"val/{k}", v, prog_bar=k in self.prog_bar_metrics)
+            self.log(f"val/{k}", v, prog_bar=k in self.prog_bar_metrics, logger=False)
         if self.trainer.sanity_checking:
             return
+        self.write_row(self.global_step, {f"val/{k}": v for k, v in m.items()})
         self.val_history.append({"step": self.global_step, **{f"val_{k}": v for k, v in m.items()
                                                                if k in self.history_metrics}})
         self.on_val_metrics(m)
