@@ -27,6 +27,8 @@ Guarantees of the base (tests: test_tasks.py, test_train.py, test_multimodal_tra
   checkpoint whose seed, worker count or world size differs from this run's.
 - Rank awareness: the world size is recorded in the checkpoint and a resume under another is
   refused (each rank's data share depends on it); the training streams shard by rank and worker.
+  Validation sums go through ``reduce_sum`` (an all-reduce under DDP/FSDP) before any division.
+- ``train/mfu`` is logged beside ``train/tokens_per_sec`` when the device's peak is known (``mfu``).
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ class TaskModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def on_train_batch_start(self, batch, batch_idx):
-        torch.manual_seed((self.run.seed * 1_000_003 + self.global_step) % 2**63)
+        # batches_seen, not global_step: with trainer.accumulate_grad_batches > 1 each micro-batch of
+        # one optimizer step gets its own dropout seed (the two are equal without accumulation)
+        torch.manual_seed((self.run.seed * 1_000_003 + self.batches_seen) % 2**63)
 
     def training_step(self, batch, batch_idx):
         out = self.step_loss(batch)
@@ -166,12 +170,14 @@ class TaskModule(L.LightningModule):
         if self._t_last is not None and now > self._t_last:
             self.tokens_per_sec = self._tok_since / (now - self._t_last)
             metrics["train/tokens_per_sec"] = self.tokens_per_sec
+            mfu = self.mfu(self.tokens_per_sec)
+            if mfu is not None:
+                metrics["train/mfu"] = mfu
         self._t_last, self._tok_since = now, 0
         if out.aux is not None:
             metrics["train/aux_loss"] = out.aux.detach()
         metrics.update(self.step_metrics(batch, out))
         self.log_dict(metrics, on_step=True, on_epoch=False)
-        self.log("train/loss_bar", out.loss.detach(), prog_bar=True, logger=False)
 
     def on_before_optimizer_step(self, optimizer):
         # Clipping here (not through Trainer.gradient_clip_val) computes the norm once for both
@@ -187,6 +193,34 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         return adamw_with_schedule(self.parameters(), self.run)
+
+    # ---------------------------------------------------------------- model FLOPs utilisation
+    _peak: Optional[float] = None
+    _peak_known = False
+
+    def mfu(self, tokens_per_sec: float) -> Optional[float]:
+        """Model FLOPs utilisation of this device: 3 x forward FLOPs per token (forward + backward,
+        ``Transformer.flops_per_token`` at seq_len, prefill form) x this rank's tokens/s / the device's
+        peak (``lmlab.train.mfu.peak_flops``); None when the peak or the FLOP count is unknown."""
+        from lmlab.train.mfu import peak_flops
+
+        if not self._peak_known:
+            self._peak = peak_flops(self.device, self.run.trainer.precision)
+            self._peak_known = True
+        fpt = getattr(self.model, "flops_per_token", None)
+        if not self._peak or fpt is None or not math.isfinite(tokens_per_sec):
+            return None
+        return 3 * fpt() * tokens_per_sec / self._peak
+
+    # ---------------------------------------------------------------- distributed sums
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over every rank (itself on one process); the result is on ``t``'s device.
+
+        Validation sums (nats, tokens, bytes) go through this before any division, so a figure
+        from N processes equals the one-process figure over the same blocks."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return t
+        return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").to(t.device)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):

@@ -7,7 +7,8 @@
 - ``resolve_resume``: ``auto`` resumes from ``checkpoints/last.ckpt`` when it exists, else starts
   fresh; ``true`` requires it; ``false`` starts fresh; anything else is a checkpoint path.
 - ``GracefulStop``: SIGTERM only sets a flag; at the next step boundary a checkpoint is written
-  and training stops cleanly.
+  and training stops cleanly. With several processes the flag is OR-reduced over the ranks at every
+  batch end, so all ranks save and stop at the same step whichever of them got the signal.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class GracefulStop(L.Callback):
         self.requested = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.world_size > 1:
+            # ranks may see the signal at different steps (or only one may get it); saving is a
+            # collective, so every rank must decide at the same step: stop when any rank was asked
+            self.requested = trainer.strategy.reduce_boolean_decision(self.requested, all=False)
         if self.requested and not trainer.should_stop:
             trainer.save_checkpoint(str(self.ckpt_dir / "last.ckpt"))
             print(f"SIGTERM: checkpoint written at step {trainer.global_step}; stopping")

@@ -4,6 +4,13 @@ Run directory (stable, never a timestamp; see train.py): ``config.yaml`` (the re
 config), ``metrics.csv``, ``checkpoints/`` (``last.ckpt`` + the ``trainer.keep_last`` newest
 ``step-N.ckpt``), ``summary.json``. Running the same command again resumes from ``last.ckpt``.
 
+Processes (``trainer.strategy=ddp``, ``fsdp``; docs/ddp.md): every rank runs this function; only rank
+zero writes the run directory (config.yaml, summary.json, metrics.csv, probe.json, plots) and prints;
+checkpoints are written by Lightning on rank zero. A run that ended by early stopping or by
+``trainer.max_time`` and is run again with ``resume=auto`` returns its summary at once.
+``summary.json`` says why the run stopped (``stopped_by``: max_steps, max_time, early_stop) and its
+``mfu`` (None when the device's peak is unknown; lmlab.train.mfu).
+
 Threads: the trainer process uses ``trainer.num_threads`` intra-op threads (default: every core);
 tokenizer workers use one each and mostly sleep on a full prefetch queue (README: threads).
 """
@@ -13,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,12 +46,18 @@ def configure_threads(run) -> int:
 def train(run, log=print, callbacks=()) -> dict:
     """Train ``run`` in its run directory; ``callbacks`` are extra Lightning callbacks (tests use them)."""
     import lightning as L
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lmlab.registry import TASK
     from lmlab.train.checkpoint import read_checkpoint
     from lmlab.train.checkpointing import AtomicCheckpointIO, GracefulStop, StoppedBySignal, resolve_resume
     from lmlab.train.logging import RunCSVLogger, wandb_logger
+    from lmlab.train.progress import StepBar, early_stopping, progress_callback, start_block, stopped_by
+
+    zero = rank_zero_only.rank == 0  # from the launcher's env (RANK/LOCAL_RANK), set before any process group
+    if not zero:  # one voice: the other ranks' lines would repeat rank zero's
+        log = _silent
 
     t0 = time.time()
     # Lightning's start-up banners (GPU available, tips) are noise in a lab log; warnings stay
@@ -57,12 +69,13 @@ def train(run, log=print, callbacks=()) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
     config = to_dict(run)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if zero:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     threads = configure_threads(run)
     L.seed_everything(run.seed, workers=False, verbose=False)
 
     ckpt_path = resolve_resume(run.resume, ckpt_dir)
-    if str(run.resume).lower() in ("false", "no") and ckpt_dir.exists():
+    if zero and str(run.resume).lower() in ("false", "no") and ckpt_dir.exists():
         old = sorted(ckpt_dir.glob("*.ckpt"))
         for f in old:  # asked to start over: stale checkpoints would outrank the new ones
             f.unlink()
@@ -74,17 +87,24 @@ def train(run, log=print, callbacks=()) -> dict:
         resume_step = state["global_step"]
         task_state = state["lmlab"]
         _check_compatible(task_state["config"], config, ckpt_path)
+        done = _finished_early(run_dir, resume_step, run.resume)
+        if done is not None:
+            log(f"done already: stopped by {done['stopped_by']} at step {resume_step}; "
+                f"summary in {run_dir / 'summary.json'}")
+            return done
         log(f"resuming from {ckpt_path} at step {resume_step}")
     task = TASK.get(run.task.name)(run, log=log)
     task.datamodule.setup("fit")
     if ckpt_path:
         task.set_start_batch(task_state["batches_seen"])
     module = task.module()
-    log(f"model: {module.model.n_params():,} parameters; run dir {run_dir}; {threads} torch threads, "
-        f"{run.data.num_workers} tokenizer worker(s)")
+    if run.trainer.compile:  # in place: state_dict keys stay model.*, so checkpoints load either way
+        module.model.compile(backend=run.trainer.compile_backend)
+    log("run:\n" + start_block(run, module.model.n_params(), threads, run_dir, choices=_hydra_choices()))
 
-    loggers = [RunCSVLogger(str(run_dir), resume_step)]
-    wb = wandb_logger(run, str(run_dir), config) if run.logger.wandb else None
+    # rank zero logs (Lightning calls loggers there only); the others must not even open metrics.csv
+    loggers = [RunCSVLogger(str(run_dir), resume_step)] if zero else []
+    wb = wandb_logger(run, str(run_dir), config) if run.logger.wandb and zero else None
     if wb is not None:
         loggers.append(wb)
     ckpt_cb = ModelCheckpoint(
@@ -93,16 +113,22 @@ def train(run, log=print, callbacks=()) -> dict:
         monitor="step", mode="max", save_last=True,
     )
     stopper = GracefulStop(ckpt_dir)
-    progress = run.trainer.progress_bar if run.trainer.progress_bar is not None else sys.stdout.isatty()
+    progress, es = progress_callback(run), early_stopping(run)
     trainer = L.Trainer(
         accelerator=run.trainer.accelerator, devices=run.trainer.devices, num_nodes=run.trainer.num_nodes,
         strategy=run.trainer.strategy, precision=run.trainer.precision,
         max_steps=run.trainer.max_steps, val_check_interval=run.trainer.val_every,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=1.0,
         log_every_n_steps=run.trainer.log_every, logger=loggers,
-        callbacks=[ckpt_cb, stopper, *callbacks], plugins=[AtomicCheckpointIO()],
+        callbacks=[ckpt_cb, stopper, progress, *([es] if es else []), *callbacks],
+        plugins=[AtomicCheckpointIO()],
         deterministic=run.trainer.deterministic,
-        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
+        enable_progress_bar=isinstance(progress, StepBar), enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        accumulate_grad_batches=run.trainer.accumulate_grad_batches, max_time=run.trainer.max_time,
+        # each rank's validation share is cut by the DataModule (every block once); Lightning's
+        # DistributedSampler would pad shares with repeated blocks
+        use_distributed_sampler=False,
     )
     try:
         # tensors and plain data only (lmlab.train.checkpoint); AtomicCheckpointIO reads it safely too
@@ -126,10 +152,14 @@ def train(run, log=print, callbacks=()) -> dict:
             "wall_time_s": time.time() - t0,
             "threads": threads,
             "num_workers": run.data.num_workers,
+            "world_size": trainer.world_size,
+            "stopped_by": _stopped_by(stopped_by, trainer, es, run),
+            "mfu": module.mfu(module.tokens_per_sec),
             **task.summary(),
         }
-        summary.update(task.on_fit_end(run_dir) or {})
-        _write_json(run_dir / "summary.json", summary)
+        if zero:  # probe.json, plots: run-directory writes
+            summary.update(task.on_fit_end(run_dir) or {})
+            _write_json(run_dir / "summary.json", summary)
         ent = summary.get("val_byte_unigram_entropy")
         log(f"done: step {summary['step']}, val bits/byte {summary['val_bpb']:.4f}"
             + (f" (byte-unigram entropy of the same text: {ent:.4f})" if ent == ent and ent else "")
@@ -142,6 +172,45 @@ def train(run, log=print, callbacks=()) -> dict:
             import wandb
 
             wandb.finish()
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass
+
+
+def _hydra_choices() -> dict | None:
+    """Hydra's group choices (``model: micro``) when running under Hydra; None otherwise (then the
+    start block names each group from its config's ``name``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - a description must never stop a run
+        return None
+
+
+def _stopped_by(stopped_by, trainer, es, run) -> str:
+    """``stopped_by`` (progress.py) plus max_time: a fit that ended before max_steps with no other
+    cause ran out of its wall-clock budget (Lightning's Timer stops it)."""
+    why = stopped_by(trainer, es)
+    if why == "max_steps" and run.trainer.max_time and trainer.global_step < run.trainer.max_steps:
+        return "max_time"
+    return why
+
+
+def _finished_early(run_dir: Path, step: int, resume) -> dict | None:
+    """The summary of a run that already ended by early stopping or max_time at ``step`` (rerun with
+    resume=auto): training it on would undo the decision to stop."""
+    path = run_dir / "summary.json"
+    if str(resume) not in ("auto", "", "none", "None") or not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("stopped_by") in ("early_stop", "max_time") and summary.get("step") == step:
+        return summary
+    return None
 
 
 RESUME_MUST_MATCH = ("model", "attention", "pos", "tokenizer", "data", "task", "seed")
