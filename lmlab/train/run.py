@@ -147,8 +147,9 @@ def train(run, log=print, callbacks=()) -> dict:
             "val_loss": last["val_loss"],
             "val_bpb": last["val_bpb"],
             "train_loss": module.last_train_loss,
-            "tokens_seen": module.tokens_seen,
-            "tokens_per_sec": module.tokens_per_sec,
+            # over all ranks (each counts its own batches, all of one size), so figures compare across scales
+            "tokens_seen": module.tokens_seen * trainer.world_size,
+            "tokens_per_sec": module.tokens_per_sec * trainer.world_size,
             "wall_time_s": time.time() - t0,
             "threads": threads,
             "num_workers": run.data.num_workers,
