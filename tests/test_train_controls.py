@@ -4,12 +4,13 @@ and what a run reports about them: stopped_by, mfu, the progress wiring (issue 1
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from lmlab.errors import ConfigError
+from lmlab.config import ConfigError
 from lmlab.train.run import train
 
 
@@ -28,7 +29,7 @@ def _dir(run) -> Path:
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be >= 1"),
 ])
 def test_controls_are_validated_up_front(compose, override, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         compose([override])
 
 
