@@ -161,6 +161,9 @@ class TrainerConfig:
                      + did_you_mean(self.precision, PRECISIONS))
         elif self.accelerator == "cpu" and self.precision in ("16-mixed", "16-true"):
             p.append(f"trainer.precision={self.precision} is not supported on CPU: use bf16-mixed")
+        if self.strategy.startswith("fsdp") and self.accelerator == "cpu":
+            p.append(f"trainer.strategy={self.strategy} needs a GPU (Lightning's FSDP is CUDA only): "
+                     "use trainer=fsdp on a GPU machine, or trainer.strategy=ddp on CPU")
         if self.accumulate_grad_batches < 1:
             p.append(f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} must be >= 1")
         if self.max_time is not None and not re.fullmatch(r"\d{1,2}:\d{2}:\d{2}:\d{2}", str(self.max_time)):

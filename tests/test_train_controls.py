@@ -27,6 +27,7 @@ def _dir(run) -> Path:
     ("trainer.precision=16-mixed", "not supported on CPU: use bf16-mixed"),
     ("trainer.max_time=5min", "trainer.max_time='5min' must read DD:HH:MM:SS"),
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be >= 1"),
+    ("trainer.strategy=fsdp", "trainer.strategy=fsdp needs a GPU"),
 ])
 def test_controls_are_validated_up_front(compose, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -183,7 +183,11 @@ class TaskModule(L.LightningModule):
         # Clipping here (not through Trainer.gradient_clip_val) computes the norm once for both
         # the clip and the non-finite check, which must happen before the optimizer step.
         clip = self.run.optim.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+        wrapped = self.trainer.strategy.model if self._trainer is not None else None
+        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP: each rank holds a shard; the norm is over all
+            norm = wrapped.clip_grad_norm_(clip)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         if not torch.isfinite(norm):
             raise NonFiniteError(
                 f"non-finite gradient norm at step {self.global_step}; stopped before the optimizer step"
