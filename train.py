@@ -59,11 +59,20 @@ def main(cfg: DictConfig):
 
     run.resume = resume_target(run.resume, run.out_dir)  # a run name or run dir -> its last.ckpt
 
+    from lmlab.launchers import SubmititRequeue, threads_per_job, under_submitit
     from lmlab.train.checkpointing import StoppedBySignal
     from lmlab.train.run import train
 
+    # parallel sweep jobs share the cores (lmlab/launchers.py): jobs x threads <= cores
+    share = threads_per_job(hc.launcher) if multirun and run.trainer.num_threads is None else None
+    if share:
+        run.trainer.num_threads = share[0]
+        print(f"trainer.num_threads={share[0]} ({share[1]})")
+    # submitit's time-out/preemption signal: checkpoint first, then submitit requeues this job
+    callbacks = [SubmititRequeue(os.path.join(run.run_dir, "checkpoints"))] if under_submitit() else []
+
     try:
-        return train(run)["val_bpb"]
+        return train(run, callbacks=callbacks)["val_bpb"]
     except StoppedBySignal as e:  # stop the whole sweep too; rerunning resumes
         print(str(e), file=sys.stderr)
         sys.exit(143)

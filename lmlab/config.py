@@ -596,7 +596,17 @@ def resume_target(resume: Any, out_dir: str) -> Any:
     return resume
 
 
-CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+def _conf_dir() -> str:
+    """The config tree: the copy shipped inside an installed package (``lmlab/conf``, see setup.py),
+    else the repository's ``conf/`` (a checkout, an editable install)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    return str(next((d for d in (here / "conf", here.parent / "conf") if (d / "config.yaml").is_file()),
+                    here.parent / "conf"))
+
+
+CONF_DIR = _conf_dir()
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), validate: bool = True):

@@ -217,7 +217,7 @@ def test_report_end_to_end_dispatches_on_what_the_directories_hold(tiny_run, cap
     assert "| categorical | 2 | rope |" in (sweep / "report.md").read_text()  # the digits table
     lm = (sweep / "report" / "report.md").read_text()  # the language-model report, without the digits job
     assert RUN_NAME in lm and "digits-job" not in lm
-    assert (sweep / "report" / "val_bpb.png").stat().st_size > 0
+    assert (sweep / "report" / "curves.png").stat().st_size > 0
 
 
 def test_checkpoint_loading_goes_through_one_function(tiny_run, monkeypatch):

@@ -15,6 +15,7 @@ GROUPS = ["model", "attention", "pos", "tokenizer", "data", "task", "optim", "tr
 PARTNERS = {
     ("attention", "vq"): ["pos=none"],
     ("tokenizer", "bytepiece"): ["tokenizer.model_path=model.json"],
+    ("tokenizer", "hf"): ["tokenizer.path=."],  # any directory passes validation
     ("data", "text"): ["data.paths=[x.txt]"],
     ("data", "hf"): ["data.path=somewhere"],
     ("data", "digits"): ["task=image_text"],

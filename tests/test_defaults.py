@@ -24,7 +24,7 @@ def _defaults(cls) -> dict:
 
 
 def _drift(cls, data: dict) -> list[str]:
-    d = _defaults(cls)
+    d = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in _defaults(cls).items()}
     data = {k: v for k, v in data.items() if k != "defaults"}
     out = []
     for k in sorted(set(d) | set(data)):

@@ -128,7 +128,7 @@ def test_generation_feeds_samples_back_exactly_as_in_training(compose, val):
 def test_image_sampling_with_the_cache_equals_the_uncached_reference(compose):
     """The sampler runs on the shared decoding loop: with the KV cache it draws exactly the images the
     full re-run draws from the same generator (captions of two lengths, so two groups)."""
-    model = build(compose, "pos=rope2d", "data.image_head=fbdm")
+    model = build(compose, "pos=rope2d", "task.image_head=fbdm")
     caps = [digits.caption(digits.EVAL_TEMPLATE, y) for y in (1, 7, 3)]
     cached = model.generate_images(caps, generator=torch.Generator().manual_seed(3))
     full = model.generate_images(caps, generator=torch.Generator().manual_seed(3), use_cache=False)

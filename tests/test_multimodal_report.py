@@ -31,6 +31,7 @@ def test_table_groups_runs_and_reports_paired_delta(tmp_path):
     rows = {line.split("|")[3].strip(): line for line in text.splitlines()[2:]}
     assert set(rows) == {"rope", "rope2d"}
     assert "-0.100" in rows["rope2d"] and "*" not in rows["rope2d"]  # 2 seeds, Δ = spread: not real
+    assert "[-0.100, -0.100]" in rows["rope2d"]  # both seeds differ by exactly -0.1: the bootstrap interval
     assert "2.050 ± 0.071" in rows["rope"]
     report.build_report([str(tmp_path)], log=lambda s: None)
     assert (tmp_path / "report.png").stat().st_size > 0

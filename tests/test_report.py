@@ -1,11 +1,18 @@
-"""The sweep report builds from a fabricated sweep directory and contains every run."""
+"""The sweep report (``python -m lmlab report``) on fabricated sweep directories whose values are known:
+every run listed, seeds aggregated, paired differences from a baseline with the verdict the numbers
+call for, pivot tables, x axes computed from metrics.csv/summary/config, constant columns and plots
+left out."""
 
 import json
 
 import numpy as np
+import pytest
 import yaml
 
-from lmlab.cli.report import build_report, find_axes, load_runs
+from lmlab.cli import UsageError
+from lmlab.cli import main as cli_main
+from lmlab.cli.report import build_report, find_axes, load_runs, x_values
+from lmlab.eval import stats
 
 
 def _probe(rng, gap: float) -> dict:
@@ -23,6 +30,7 @@ def _probe(rng, gap: float) -> dict:
 
 
 def make_sweep(root, modes=("viterbi", "sample"), seeds=(1, 2)):
+    """tokenizer.mode x seed, with probe.json, plus one failed job."""
     rng = np.random.default_rng(0)
     bpb = {}
     for mode in modes:
@@ -35,12 +43,12 @@ def make_sweep(root, modes=("viterbi", "sample"), seeds=(1, 2)):
             v = 2.0 + 0.1 * (mode == "sample") + 0.01 * seed
             bpb[(mode, seed)] = v
             rows = ["step,train/loss,val/loss,val/bpb,lr"]
-            for step in (100, 200):
-                rows += [f"{step - 1},3.0,,,0.001", f"{step - 1},,2.5,{v + (200 - step) / 1000},"]
+            for step in (100, 200, 300):
+                rows += [f"{step - 1},3.0,,,0.001", f"{step - 1},,2.5,{v + (300 - step) / 1000},"]
             (d / "metrics.csv").write_text("\n".join(rows) + "\n")
-            summary = {"val_bpb": v, "val_loss": 2.5, "train_loss": 3.0, "step": 200, "tokens_per_sec": 1000.0,
+            summary = {"val_bpb": v, "val_loss": 2.5, "train_loss": 3.0, "step": 300, "tokens_per_sec": 1000.0,
                        "wall_time_s": 60.0, "train_bytes_per_token": 3.0 if mode == "sample" else 3.5,
-                       "val_bytes_per_token": 3.5}
+                       "val_bytes_per_token": 3.5, "tokens_seen": 300 * 64}
             (d / "summary.json").write_text(json.dumps(summary))
             (d / "probe.json").write_text(json.dumps(_probe(rng, 0.3 if mode == "viterbi" else 0.05)))
     failed = root / "tokenizer.mode=sample_v1,seed=1"
@@ -52,25 +60,174 @@ def make_sweep(root, modes=("viterbi", "sample"), seeds=(1, 2)):
     return bpb
 
 
-def test_report_contains_every_run_and_axes(tmp_path):
+# attention x pos x seed with chosen final values: mla/rope is 0.1 better on every seed (beyond
+# noise); mha/alibi differs by +0.01, -0.02, +0.01 (within noise); mla/alibi ran one seed only.
+FINAL = {
+    ("mha", "rope"): {1: 2.00, 2: 2.10, 3: 2.20},
+    ("mla", "rope"): {1: 1.90, 2: 2.00, 3: 2.10},
+    ("mha", "alibi"): {1: 2.01, 2: 2.08, 3: 2.21},
+    ("mla", "alibi"): {1: 1.95},
+}
+
+
+def make_grid(root, final=FINAL, base_cfg=None, val_every=40, steps=200):
+    for (a, p), by_seed in final.items():
+        for s, v in by_seed.items():
+            d = root / f"attention={a},pos={p},seed={s}"
+            d.mkdir(parents=True)
+            cfg = json.loads(json.dumps(base_cfg)) if base_cfg else {"model": {"d_model": 32}}
+            if base_cfg:  # a real config: each variant's own defaults
+                cfg["attention"], cfg["pos"] = {"name": a}, {"name": p}
+            else:
+                cfg["attention"] = {"name": a, "kv_lora_rank": 16 if a == "mla" else None}  # implied by name
+                cfg["pos"] = {"name": p}
+            cfg.setdefault("trainer", {})["num_threads"] = s  # cannot change results: not an axis
+            cfg.update({"seed": s, "run_name": d.name, "run_dir": str(d)})
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+            tps = 5000.0 if a == "mha" else 2500.0
+            rows = ["step,train/loss,train/tokens_seen,train/tokens_per_sec,val/bpb"]
+            for st in range(0, steps, 10):
+                rows.append(f"{st},{2 + 3 * np.exp(-st / 50) + v - 2:.4f},{(st + 1) * 128},{tps if st else ''},")
+                if st and st % val_every == 0:
+                    rows.append(f"{st},,,,{v + (steps - st) / 1000:.4f}")
+            rows.append(f"{steps - 1},,,,{v}")
+            (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+            (d / "summary.json").write_text(json.dumps({
+                "val_bpb": v, "train_loss": 2.1, "step": steps, "tokens_seen": steps * 128, "tokens_per_sec": tps,
+                "wall_time_s": 30.0, "train_bytes_per_token": 3.4, "val_bytes_per_token": 3.4, "vocab_size": 400}))
+
+
+def _row(md: str, label: str) -> list[str]:
+    line = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_contains_every_run_axes_and_seed_aggregates(tmp_path):
     sweep = tmp_path / "continuation_fixture"
     bpb = make_sweep(sweep)
     runs = load_runs(sweep)
     assert len(runs) == 5
-    axes = find_axes(runs)
-    assert axes == ["seed", "tokenizer.mode"]  # run_name/run_dir differ too but are bookkeeping
+    assert find_axes(runs) == ["tokenizer.mode"]  # seed, run_name/run_dir differ too but are not axes
     path = build_report(sweep)
     md = path.read_text()
     for r in runs:
         assert r.name in md
     assert "failed" in md and "sample_v1" in md
-    for png in ("val_bpb.png", "continuation.png", "bytes_per_token.png"):
+    for png in ("curves.png", "continuation.png", "bytes_per_token.png"):  # the tokenizer is swept
         assert (path.parent / png).stat().st_size > 5000
-    # per-variant mean ± std over seeds, computed from the fixture values
     for mode in ("viterbi", "sample"):
         vals = [bpb[(mode, s)] for s in (1, 2)]
-        assert f"mode={mode} | 2 | {np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}" in md
+        row = _row(md, f"mode={mode}")
+        assert row[1] == "2" and row[2] == f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
     assert "### heal_k1" in md and "### plain" in md
+    # no default for tokenizer.mode in conf/: the baseline is the first in sorted order; 2 seeds
+    # differing by -0.1 on both: the paired difference is -0.1, interval [-0.1, -0.1]
+    assert "Baseline: **mode=sample** (first in sorted order" in md
+    assert _row(md, "mode=sample")[3] == "baseline" and _row(md, "mode=viterbi")[3] == "-0.1000"
+    assert "**better**, beyond noise" in _row(md, "mode=viterbi")[5]
+
+
+def test_paired_differences_verdicts_pivot_and_n1(tmp_path):
+    sweep = tmp_path / "attn_pos"
+    make_grid(sweep)
+    runs = load_runs(sweep)
+    assert find_axes(runs) == ["attention.name", "pos.name"]  # kv_lora_rank is implied, threads ignored
+    md = build_report(sweep, log=lambda s: None).read_text()
+    assert "Baseline: **mha / rope** (the default config's choice" in md  # conf/config.yaml: mha, rope
+    base = FINAL[("mha", "rope")]
+    better = _row(md, "mla / rope")
+    assert better[3] == "-0.1000" and better[4] == "[-0.1000, -0.1000]" and "**better**, beyond noise" in better[5]
+    noise = _row(md, "mha / alibi")
+    d = [FINAL[("mha", "alibi")][s] - base[s] for s in base]
+    assert abs(np.mean(d)) < 1e-12 and noise[3] == "+0.0000" and noise[5] == "within noise"  # no "-0.0000"
+    lo, hi = (float(x) for x in noise[4].strip("[]").split(","))
+    assert lo < 0 < hi and (lo, hi) == pytest.approx(stats.paired_bootstrap(d), abs=1e-4)
+    one = _row(md, "mla / alibi")
+    assert one[1] == "1" and one[2] == "1.9500" and "±" not in one[2]  # no error bar from one run
+    assert one[4] == "" and one[5].startswith("no interval")
+    # the pivot of attention x pos: cell = mean over seeds (n)
+    assert "| attention \\ pos | alibi | rope |" in md
+    assert "| mla | 1.9500 (1) | 2.0000 (3) |" in md and "| mha | 2.1000 (3) | 2.1000 (3) |" in md
+    # constant columns and the bytes/token plot are left out (the tokenizer is not swept)
+    assert "bytes/token" not in md and "bytes/tok" not in md and "kv_lora_rank" not in md
+    assert not (sweep / "report" / "bytes_per_token.png").exists()
+    assert "tokens/s" in md  # differs (mha vs mla)
+
+
+def test_baseline_and_where_select(tmp_path):
+    sweep = tmp_path / "s"
+    make_grid(sweep)
+    md = build_report(sweep, baseline="attention=mla,pos=rope", log=lambda s: None).read_text()
+    assert "Baseline: **mla / rope** (baseline= given" in md and _row(md, "mha / rope")[3] == "+0.1000"
+    md = build_report(sweep, baseline="mla / rope", log=lambda s: None).read_text()
+    assert _row(md, "mha / rope")[3] == "+0.1000"
+    with pytest.raises(UsageError, match=r"baseline=mla / rop matches 0 variants \(did you mean `mla / rope`"):
+        build_report(sweep, baseline="mla / rop")
+    with pytest.raises(UsageError, match=r"atention: not a swept axis \(did you mean `attention`"):
+        build_report(sweep, baseline="atention=mla")
+    md = build_report(sweep, where="pos=rope", log=lambda s: None).read_text()
+    assert "Swept axes: `attention.name`" in md and "alibi" not in md
+    assert _row(md, "mla")[3] == "-0.1000"
+
+
+def test_pivot_per_slice_of_a_third_axis(tmp_path):
+    for lr, shift in ((0.001, 0.5), (0.003, 0.0)):
+        d = tmp_path / f"lr{lr}"
+        make_grid(d, {k: {s: v + shift for s, v in by.items()} for k, by in FINAL.items()})
+        for cfg_path in d.glob("*/config.yaml"):
+            cfg = yaml.safe_load(cfg_path.read_text())
+            cfg["optim"] = {"lr": lr}
+            cfg_path.write_text(yaml.safe_dump(cfg))
+    md = build_report([tmp_path / "lr0.001", tmp_path / "lr0.003"], out=tmp_path / "r", log=lambda s: None).read_text()
+    assert "Swept axes: `attention.name`, `pos.name`, `optim.lr`" in md
+    assert "Baseline: **mha / rope / lr=0.003** (the default config's choice" in md  # conf/optim/adamw.yaml
+    assert _row(md, "mha / rope / lr=0.001")[3] == "+0.5000"
+    low = md.split("### val bits/byte: attention × pos (lr=0.001)")[1].split("###")[0]
+    assert "| mla | 2.4500 (1) | 2.5000 (3) |" in low
+    high = md.split("### val bits/byte: attention × pos (lr=0.003)")[1].split("###")[0]
+    assert "| mla | 1.9500 (1) | 2.0000 (3) |" in high
+    assert "### val bits/byte: pos × lr (attention=mla)" in md
+
+
+def test_x_axes_from_metrics_summary_and_config(tmp_path, compose):
+    from conftest import TINY
+
+    from lmlab.config import to_dict
+    from lmlab.model.transformer import build_model
+
+    run_cfg = compose(TINY)
+    sweep = tmp_path / "s"
+    make_grid(sweep, {("mha", "rope"): {1: 2.0}, ("mla", "rope"): {1: 1.9}}, base_cfg=to_dict(run_cfg))
+    r = next(r for r in load_runs(sweep) if r.config["attention.name"] == "mha")
+    steps = [0, 40, 190]
+    assert list(x_values(r, steps, "tokens")) == [128.0, 41 * 128.0, 191 * 128.0]  # train/tokens_seen
+    assert x_values(r, steps, "bytes") == pytest.approx(np.array([128, 41 * 128, 191 * 128]) * 3.4)
+    # time: 5000 tokens/s measured from step 10 on, the first rate standing for the steps before it
+    assert x_values(r, steps, "time") == pytest.approx(np.array([128, 41 * 128, 191 * 128]) / 5000.0)
+    import torch
+
+    with torch.device("meta"):
+        fpt = build_model(run_cfg, 400).flops_per_token()  # vocab_size from summary.json
+    assert x_values(r, steps, "flops") == pytest.approx(np.array([128, 41 * 128, 191 * 128]) * 3 * fpt)
+    for x in ("steps", "tokens", "bytes", "time", "flops"):
+        md = build_report(sweep, out=tmp_path / x, x=x, log=lambda s: None).read_text()
+        assert "Not drawn" not in md and (tmp_path / x / "curves.png").stat().st_size > 5000
+    # a config this lmlab cannot build has no FLOPs axis: said, not drawn wrong
+    bad = tmp_path / "bad"
+    make_grid(bad, {("mha", "rope"): {1: 2.0}, ("mla", "rope"): {1: 1.9}}, base_cfg={"model": {"no_such_key": 1}})
+    md = build_report(bad, x="flops", log=lambda s: None).read_text()
+    assert "Not drawn (no flops data): mha, mla." in md
+
+
+def test_sparse_validation_warns(tmp_path):
+    sweep = tmp_path / "s"
+    make_grid(sweep, {("mha", "rope"): {1: 2.0}, ("mla", "rope"): {1: 1.9}}, val_every=1000)
+    logs = []
+    md = build_report(sweep, log=logs.append).read_text()
+    assert "validated fewer than 3 times" in md and "trainer.val_every" in md
+    assert any("fewer than 3 validations" in line for line in logs)
+    make_grid(tmp_path / "ok", {("mha", "rope"): {1: 2.0}, ("mla", "rope"): {1: 1.9}})
+    assert "fewer than" not in build_report(tmp_path / "ok", log=lambda s: None).read_text()
 
 
 def test_report_over_several_sweeps(tmp_path):
@@ -81,4 +238,14 @@ def test_report_over_several_sweeps(tmp_path):
     for d in (a, b):
         for r in load_runs(d):
             assert f"{d.name}/{r.name}" in md
-    assert "mode=viterbi | 1 |" in md and "mode=sample | 2 |" in md
+    assert _row(md, "mode=viterbi")[1] == "1" and _row(md, "mode=sample")[1] == "2"
+
+
+def test_command_line(tmp_path, capsys):
+    sweep = tmp_path / "attention=x,pos=y"  # '=' and ',' in a directory name
+    make_grid(sweep)
+    assert cli_main(["report", str(sweep), "x=tokens", "baseline=mla / rope", f"out={tmp_path / 'r'}"]) == 0
+    assert "Baseline: **mla / rope**" in (tmp_path / "r" / "report.md").read_text()
+    assert cli_main(["report", str(sweep), "x=token"]) == 2
+    err = capsys.readouterr().err
+    assert "x=token: not an x axis (did you mean `tokens`" in err and "Traceback" not in err

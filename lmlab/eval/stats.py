@@ -1,7 +1,7 @@
 """Statistics for comparing runs: which variant is better, and is the difference real?
 
 Input: a list of runs, each a mapping ``{"config": {flat keys}, "summary": {...}}`` or an object with
-``.config`` and ``.summary`` (``lmlab.report.Run``). Flat config keys read ``attention.name``,
+``.config`` and ``.summary`` (``lmlab.cli.report.Run``). Flat config keys read ``attention.name``,
 ``optim.lr``; the replicate key is ``seed``.
 
 - ``swept_axes``: config keys whose values differ across runs, minus ``seed`` and the run-identity

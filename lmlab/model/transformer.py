@@ -136,8 +136,9 @@ class Transformer(nn.Module):
             offset = caches[0].length if caches else 0
             positions = self.pos.default_positions(B, T, offset, device=x.device)
         x = self.emb_dropout(self.pos.embed(x, positions))
-        for i, block in enumerate(self.blocks):
-            x = block(x, positions, caches[i] if caches is not None else None)
+        with self.pos.shared_tables(positions):  # rotary cos/sin, ALiBi bias: once, not once per layer
+            for i, block in enumerate(self.blocks):
+                x = block(x, positions, caches[i] if caches is not None else None)
         h = self.norm_f(x)
         logits = self.lm_head(h)  # (B, T, V)
         return (logits, h) if return_hidden else logits

@@ -5,7 +5,9 @@ Reads every ``summary.json`` under the sweep directory whose ``task`` is ``image
 checkpoint's metrics on the evaluation split. The column "Δ vs rope" is the paired (same seed)
 difference of image bits/pixel against the flattened RoPE-1D baseline; it is marked ``*`` only when
 SPEC §15.4's rule holds: at least two seeds, the same sign in every seed, and |mean Δ| > 2 std of
-either scheme. Writes ``report.md`` and ``report.png`` into the sweep directory (or ``out``) and returns
+either scheme. Beside it, the paired bootstrap 95% interval of that difference
+(``lmlab.eval.stats.paired_bootstrap``, as in the language-model report; none below two shared seeds).
+Error bars in the plot: std over seeds, none where n = 1. Writes ``report.md`` and ``report.png`` into the sweep directory (or ``out``) and returns
 the table (``build_report``; the command ``lmlab.cli.report`` calls it when it finds such runs).
 """
 
@@ -63,12 +65,21 @@ def compare(a: dict[int, float], b: dict[int, float]) -> tuple[float, bool]:
     return float(d.mean()), same_sign and abs(d.mean()) > 2 * spread
 
 
+def interval(a: dict[int, float], b: dict[int, float]) -> tuple[float, float] | None:
+    """Bootstrap 95% interval of the mean paired (same seed) difference a - b; None below 2 pairs."""
+    from lmlab.eval.stats import paired_bootstrap
+
+    seeds = sorted(set(a) & set(b))
+    return paired_bootstrap([a[s] - b[s] for s in seeds])
+
+
 def table(runs: list[dict]) -> tuple[str, dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         groups[(r["image_head"], r["patch"], r["pos"])].append(r)
     lines = []
-    header = ["head", "p", "pos", "seeds", "best step"] + [t for _, t, _ in METRICS] + ["Δ img bpp vs rope"]
+    header = ["head", "p", "pos", "seeds", "best step"] + [t for _, t, _ in METRICS] + ["Δ img bpp vs rope",
+                                                                                         "95% interval"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     refs = {}
@@ -80,6 +91,8 @@ def table(runs: list[dict]) -> tuple[str, dict]:
         row = [head, str(p), pos, str(len(rs)), _fmt([r["best_step"] for r in rs], "{:.0f}")]
         row += [_fmt([r[f"{split}_{k}"] for r in rs], f) for k, _, f in METRICS]
         row.append("" if math.isnan(delta) else f"{delta:+.3f}{' *' if real else ''}")
+        ci = interval(img, base) if pos != "rope" else None
+        row.append("" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]")
         lines.append("| " + " | ".join(row) + " |")
         for k in ("ref_uniform_bpp", "ref_marginal_bpp", "ref_label_marginal_bpp", "judge_acc"):
             refs[k] = rs[0][k]
@@ -104,7 +117,7 @@ def plot(runs: list[dict], path: Path, refs: dict) -> None:
                       if r["pos"] == pos and r["image_head"] == head]
                 m, s = _mean_std(xs) if xs else (float("nan"), float("nan"))
                 ms.append(m)
-                ss.append(0 if math.isnan(s) else s)
+                ss.append(s)  # NaN (n = 1): no error bar
             x = np.arange(len(poss)) + (i - (len(heads) - 1) / 2) * 0.35
             ax.bar(x, ms, 0.35, yerr=ss, label=head, capsize=3)
         ax.axhline(refs["ref_marginal_bpp"], color="k", ls="--", lw=1, label="per-position marginal")

@@ -36,14 +36,21 @@ _BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 class HFTokenizerConfig(TokenizerConfig):
     name: str = "hf"
     vocab_size: int = 0  # unused: the directory's tokenizer decides
-    path: Optional[str] = None  # a local transformers checkpoint dir (conf: ${model.init_from})
+    path: Optional[str] = None  # a local transformers checkpoint dir; null: model.init_from's
+
+    def _path(self, run) -> Optional[str]:
+        return self.path or getattr(getattr(run, "model", None), "init_from", None)
 
     def check(self, run) -> list[str]:
-        if not self.path:
+        path = self._path(run)
+        if not path:
             return ["tokenizer.path is empty: tokenizer=hf needs a local transformers dir (or model.init_from)"]
-        if not Path(self.path).is_dir():
-            return [f"tokenizer.path={self.path} is not a directory"]
+        if not Path(path).is_dir():
+            return [f"tokenizer.path={path} is not a directory"]
         return []
+
+    def resolve(self, run) -> None:
+        self.path = self._path(run)  # the saved config names the directory the tokenizer came from
 
 
 def _byte_decoder() -> dict[str, int]:

@@ -57,6 +57,13 @@ class ALiBi(PosEncoding):
         positions or the attention layer (``dtype``) are float64, else float32."""
         wide = torch.float64 in (q_pos.dtype, dtype)
         dtype = torch.float64 if wide else torch.float32
-        dist = (q_pos[..., 0, None] - k_pos[..., None, :, 0]).abs().to(torch.float64)  # (B, Tq, Sk)
-        m = torch.tensor(alibi_slopes(n_head), dtype=torch.float64, device=q_pos.device)  # (H,)
-        return (-m[None, :, None, None] * dist[:, None]).to(dtype)  # (B, H, Tq, Sk)
+
+        def make():
+            dist = (q_pos[..., 0, None] - k_pos[..., None, :, 0]).abs().to(torch.float64)  # (B, Tq, Sk)
+            m = torch.tensor(alibi_slopes(n_head), dtype=torch.float64, device=q_pos.device)  # (H,)
+            return (-m[None, :, None, None] * dist[:, None]).to(dtype)  # (B, H, Tq, Sk)
+
+        if k_pos is not q_pos:  # decoding against cached keys: each layer's cache is its own object
+            return make()
+        # without a cache every layer gets the same (B, H, T, T) table: built once per forward pass
+        return self.memo_table(("alibi", n_head, dtype), q_pos, make)

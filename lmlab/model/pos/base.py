@@ -7,10 +7,18 @@
 
 Positions travel as a float tensor (B, T, A), A = ``n_axes`` of the scheme (1 text, 2 image, 3 video),
 so half-integer positions (RoPE-Tie-v2) and multi-axis schemes need no change in the model.
+
+Tables derived from positions alone (rotary cos/sin, the ALiBi bias) are the same in every layer.
+``Transformer.forward`` wraps its layers in ``shared_tables(positions)``: inside it, a table is
+computed the first time a layer asks for it and reused by the other layers (and by k after q), keyed
+by (what, size, dtype, device) and valid only for that very ``positions`` object. Outside the block
+(a layer called on its own, tests) every call computes afresh, so results are identical either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -37,6 +45,26 @@ class PosEncoding(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model_cfg = model_cfg
+        self._shared_for: Optional[torch.Tensor] = None  # the positions the memo below belongs to
+        self._memo: dict = {}
+
+    @contextmanager
+    def shared_tables(self, positions: torch.Tensor):
+        """Within the block, position tables for ``positions`` are computed once and shared."""
+        saved = (self._shared_for, self._memo)
+        self._shared_for, self._memo = positions, {}
+        try:
+            yield
+        finally:  # never keep tables (or the positions) alive past one forward pass
+            self._shared_for, self._memo = saved
+
+    def memo_table(self, key: tuple, positions: torch.Tensor, make: Callable[[], object]):
+        """``make()``, memoised under ``key`` while ``positions`` is the shared positions object."""
+        if positions is not self._shared_for:
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def default_positions(self, batch: int, seq_len: int, offset: int = 0, device=None) -> torch.Tensor:
         """Positions of plain text: token n gets (n, n, ...) on every axis. (B, T, A) float."""

@@ -50,15 +50,33 @@ def rotated_dim(run) -> tuple[int, str]:
 
 def rotate_pairs(t: torch.Tensor, angles: torch.Tensor, layout: str) -> torch.Tensor:
     """t: (B, H, T, D); angles: (B, T, D/2) -> rotated t, same shape and dtype."""
-    cos = angles.cos()[:, None].to(t.dtype)  # (B, 1, T, D/2)
-    sin = angles.sin()[:, None].to(t.dtype)
+    return apply_rotation(t, *rotation_tables(angles, t.dtype, layout), layout)
+
+
+def rotation_tables(angles: torch.Tensor, dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """angles (B, T, D/2) -> (cos, signed sin), each (B, 1, T, D) in ``dtype``, laid out like q/k.
+
+    cos and sin are taken in the angles' precision, then cast. The sin table carries the sign of
+    the rotation: -sin on the first member of each pair, +sin on the second."""
+    cos, sin = angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)  # (B, 1, T, D/2)
+    if layout == "interleaved":  # pair i = dims (2i, 2i+1)
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # pair i = dims (i, i + D/2)
+
+
+def apply_rotation(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
+    """t: (B, H, T, D); cos, signed sin: (B, 1, T, D) from ``rotation_tables`` -> rotated t.
+
+    Pair (x0, x1) -> (x0·cos - x1·sin, x1·cos + x0·sin) as t·cos + swap(t)·(∓sin), where swap
+    exchanges the two members of every pair: two multiplies over whole tensors instead of four over
+    strided halves plus a stack, and the tables are shared by every layer (``rotate``). Bit-identical
+    to the pairwise formula (tests/test_pos_shared.py): a + (-b)·c == a - b·c in IEEE arithmetic, and
+    the sums only change order."""
     if layout == "interleaved":
-        x0, x1 = t[..., 0::2], t[..., 1::2]
-        out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, H, T, D/2, 2)
-        return out.flatten(-2)
-    half = t.shape[-1] // 2
-    x0, x1 = t[..., :half], t[..., half:]
-    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+        swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) in every pair
+    else:
+        swapped = t.roll(t.shape[-1] // 2, dims=-1)  # (x1, x0): the halves exchanged
+    return t * cos + swapped * sin
 
 
 class RotaryBase(PosEncoding):
@@ -74,6 +92,16 @@ class RotaryBase(PosEncoding):
         i = torch.arange(n_pairs, device=device, dtype=torch.float64)
         return self.cfg.base ** (-2.0 * i / (2 * n_pairs))
 
+    def _freq_table(self, n_pairs: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(axis index per pair, inverse frequencies): constants of the module, built once per size and
+        device instead of from Python lists in every call (a host->device copy per layer on GPU)."""
+        cache = self.__dict__.setdefault("_freq_cache", {})
+        key = (n_pairs, str(device))
+        if key not in cache:
+            axes = torch.tensor(self.pair_axes(n_pairs), device=device)
+            cache[key] = (axes, self.inv_freq(n_pairs, device))
+        return cache[key]
+
     def angles(self, positions: torch.Tensor, dim: int) -> torch.Tensor:
         """positions (B, T, A) -> angles (B, T, dim/2), computed in float64 for exact positions."""
         if positions.shape[-1] != self.n_axes:
@@ -81,11 +109,15 @@ class RotaryBase(PosEncoding):
                 f"pos '{self.cfg.name}' takes positions with {self.n_axes} axes (B, T, {self.n_axes}); "
                 f"got shape {tuple(positions.shape)}"
             )
-        n_pairs = dim // 2
-        axes = torch.tensor(self.pair_axes(n_pairs), device=positions.device)
+        axes, inv_freq = self._freq_table(dim // 2, positions.device)
         pos = positions.to(torch.float64).index_select(-1, axes)  # (B, T, D/2)
-        ang = pos * self.inv_freq(n_pairs, positions.device)
+        ang = pos * inv_freq
         return ang if positions.dtype == torch.float64 else ang.float()
 
     def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return rotate_pairs(t, self.angles(positions, t.shape[-1]), self.cfg.layout)
+        # cos/sin depend only on (positions, D, dtype): inside Transformer.forward they are computed
+        # once and shared by q and k of every layer (PosEncoding.shared_tables)
+        D, layout = t.shape[-1], self.cfg.layout
+        key = ("rotary", D, t.dtype, t.device)
+        cos, sin = self.memo_table(key, positions, lambda: rotation_tables(self.angles(positions, D), t.dtype, layout))
+        return apply_rotation(t, cos, sin, layout)
