@@ -113,9 +113,9 @@ def test_summary_has_mfu_against_a_known_peak_and_none_otherwise(compose, tiny_o
     import lmlab.train.mfu as mfu
 
     run = compose(tiny_overrides + ["run_name=nopeak"])
-    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true": None)
+    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true", cache_dir="": None)
     assert train(run, log=quiet)["mfu"] is None
-    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true": 1e9)
+    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true", cache_dir="": 1e9)
     run = compose(tiny_overrides + ["run_name=peak"])
     s = train(run, log=quiet)
     from lmlab.model.transformer import Transformer
@@ -144,3 +144,17 @@ def test_start_block_and_progress_lines_are_printed(compose, tiny_overrides, cap
     assert "step 6/6" in out and "val bpb" in out  # LineProgress (stdout is not a terminal here)
     metrics = (_dir(run) / "metrics.csv").read_text().splitlines()[0]
     assert "loss_bar" not in metrics
+
+
+def test_peak_follows_the_precision_and_the_run_cache(tmp_path):
+    from lmlab.model.flops import write_cpu_peak
+    from lmlab.train.mfu import peak_flops
+
+    threads = torch.get_num_threads()
+    write_cpu_peak(1.5e11, "float32", threads, cache_dir=str(tmp_path))
+    write_cpu_peak(4.0e11, "bfloat16", threads, cache_dir=str(tmp_path))
+    assert peak_flops("cpu", "32-true", str(tmp_path)) == 1.5e11
+    assert peak_flops("cpu", "bf16-mixed", str(tmp_path)) == 4.0e11
+    assert peak_flops("cpu", "32-true", str(tmp_path / "empty")) is None  # not measured: unknown
+    (tmp_path / "peak_flops.json").write_text("{not json")
+    assert peak_flops("cpu", "32-true", str(tmp_path)) is None  # unreadable: unknown, training goes on

@@ -203,18 +203,18 @@ class TaskModule(L.LightningModule):
     _peak_known = False
 
     def mfu(self, tokens_per_sec: float) -> Optional[float]:
-        """Model FLOPs utilisation of this device: 3 x forward FLOPs per token (forward + backward,
-        ``Transformer.flops_per_token`` at seq_len, prefill form) x this rank's tokens/s / the device's
-        peak (``lmlab.train.mfu.peak_flops``); None when the peak or the FLOP count is unknown."""
+        """Model FLOPs utilisation of this device: ``lmlab.model.flops.flops_per_token`` (3 x the forward
+        count at seq_len: forward + backward) x this rank's tokens/s / the device's peak
+        (``lmlab.train.mfu.peak_flops``); None when the peak or the FLOP count is unknown."""
+        from lmlab.model.flops import flops_per_token, mfu
         from lmlab.train.mfu import peak_flops
 
         if not self._peak_known:
-            self._peak = peak_flops(self.device, self.run.trainer.precision)
+            self._peak = peak_flops(self.device, self.run.trainer.precision, self.run.cache_dir)
             self._peak_known = True
-        fpt = getattr(self.model, "flops_per_token", None)
-        if not self._peak or fpt is None or not math.isfinite(tokens_per_sec):
+        if not hasattr(self.model, "flops_per_token") or not math.isfinite(tokens_per_sec):
             return None
-        return 3 * fpt() * tokens_per_sec / self._peak
+        return mfu(flops_per_token(self.model), tokens_per_sec, self._peak)
 
     # ---------------------------------------------------------------- distributed sums
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:

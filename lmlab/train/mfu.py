@@ -1,9 +1,10 @@
 """The device peak behind ``train/mfu`` and the summary's ``mfu`` (issue 11 item 4).
 
-``peak_flops(device, precision)``: peak FLOP/s of ``device`` for a Lightning precision string, or None.
-It defers to ``lmlab.model.flops.peak_flops`` (GPU bf16 table, cached CPU matmul peak measured by
-``scripts/bench/peak.py``) when that module is present, and is None otherwise: no guessed figure is
-ever reported. Convention (``TaskModule.mfu``): training FLOPs = 3 x forward FLOPs per token.
+``peak_flops(device, precision, cache_dir)``: ``lmlab.model.flops.peak_flops`` for a Lightning precision
+string (bf16 precisions read the bf16 peak, every other the float32 one): the GPU bf16 table, or on
+CPU the matmul peak measured by ``scripts/bench/peak.py`` and cached; None when unknown or when the
+cache cannot be read -- then MFU is None, never a guess. Convention (``TaskModule.mfu``): training
+FLOPs = 3 x forward FLOPs per token (``lmlab.model.flops.flops_per_token``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from __future__ import annotations
 from typing import Optional
 
 
-def peak_flops(device, precision: str = "32-true") -> Optional[float]:
-    try:
-        from lmlab.model.flops import peak_flops as _peak
-    except ImportError:  # the peak table lives on another branch until it is merged
-        return None
+def peak_flops(device, precision: str = "32-true", cache_dir: str = "") -> Optional[float]:
+    from lmlab.model.flops import peak_flops as _peak
+
     dtype = "bfloat16" if "bf16" in str(precision) else "float32"
     try:
-        return _peak(device, dtype=dtype)
-    except Exception:  # noqa: BLE001 - an unreadable cache must not stop training; MFU is then unknown
+        return _peak(device, dtype=dtype, cache_dir=cache_dir)
+    except (OSError, ValueError):  # an unreadable cache must not stop training; MFU is then unknown
         return None
