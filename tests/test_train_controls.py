@@ -158,3 +158,16 @@ def test_peak_follows_the_precision_and_the_run_cache(tmp_path):
     assert peak_flops("cpu", "32-true", str(tmp_path / "empty")) is None  # not measured: unknown
     (tmp_path / "peak_flops.json").write_text("{not json")
     assert peak_flops("cpu", "32-true", str(tmp_path)) is None  # unreadable: unknown, training goes on
+
+
+def test_bf16_mixed_trains_on_cpu_with_float32_weights(compose, tiny_overrides):
+    import math
+
+    from lmlab.train.checkpoint import read_checkpoint
+
+    run = compose(tiny_overrides + ["trainer.precision=bf16-mixed"])
+    s = train(run, log=quiet)
+    assert s["step"] == 6 and math.isfinite(s["val_bpb"]) and math.isfinite(s["train_loss"])
+    w = read_checkpoint(_dir(run) / "checkpoints" / "last.ckpt")["state_dict"]
+    # autocast computes in bf16; the weights (and the optimizer's updates) stay float32
+    assert all(v.dtype == torch.float32 for k, v in w.items() if v.is_floating_point())

@@ -4,7 +4,7 @@ Run directory (stable, never a timestamp; see train.py): ``config.yaml`` (the re
 config), ``metrics.csv``, ``checkpoints/`` (``last.ckpt`` + the ``trainer.keep_last`` newest
 ``step-N.ckpt``), ``summary.json``. Running the same command again resumes from ``last.ckpt``.
 
-Processes (``trainer.strategy=ddp``, ``fsdp``; docs/ddp.md): every rank runs this function; only rank
+Processes (``trainer.strategy=ddp``, ``fsdp``; docs/scale.md): every rank runs this function; only rank
 zero writes the run directory (config.yaml, summary.json, metrics.csv, probe.json, plots) and prints;
 checkpoints are written by Lightning on rank zero. A run that ended by early stopping or by
 ``trainer.max_time`` and is run again with ``resume=auto`` returns its summary at once.
