@@ -94,7 +94,8 @@ class GracefulStop(L.Callback):
             self.requested = trainer.strategy.reduce_boolean_decision(self.requested, all=False)
         if self.requested and not trainer.should_stop:
             trainer.save_checkpoint(str(self.ckpt_dir / "last.ckpt"))
-            print(f"SIGTERM: checkpoint written at step {trainer.global_step}; stopping")
+            if trainer.is_global_zero:
+                print(f"SIGTERM: checkpoint written at step {trainer.global_step}; stopping")
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module):
