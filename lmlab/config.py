@@ -50,8 +50,8 @@ class ModelConfig:
     n_layer: int = 3
     n_head: int = 4
     head_dim: Optional[int] = None  # null: d_model // n_head (resolved at construction)
-    mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"  # gelu: exact erf; gelu_tanh: GPT-2's
-    mlp_ratio: float = 4.0  # hidden = ratio*d (gelu) or 2/3*ratio*d rounded up to 32 (swiglu)
+    mlp: Literal["swiglu", "gelu", "gelu_tanh", "relu2"] = "swiglu"  # gelu: exact erf; gelu_tanh: GPT-2's; relu2: relu(x)^2
+    mlp_ratio: float = 4.0  # hidden = ratio*d (gelu, relu2) or 2/3*ratio*d rounded up to 32 (swiglu)
     ffn_dim: Optional[int] = None  # explicit MLP hidden width; null: the mlp_ratio rule above
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     bias: bool = False  # biases in the MLP linears and LayerNorm (attention: attention.bias)
@@ -61,6 +61,8 @@ class ModelConfig:
     seq_len: int = 128
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    qk_norm: bool = False  # RMSNorm on each head's q and k before rotation (attention variants may refuse)
+    logit_softcap: Optional[float] = None  # logits -> c * tanh(logits / c); null: off
 
     def __post_init__(self):
         # head_dim: null means d_model // n_head, filled in here so that every reader (and the saved
@@ -85,18 +87,29 @@ class ModelConfig:
             p.append(f"model.dropout={self.dropout} must be in [0, 1)")
         if isinstance(self.ffn_dim, int) and self.ffn_dim <= 0:
             p.append(f"model.ffn_dim={self.ffn_dim} must be positive (or null for the mlp_ratio rule)")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            p.append(f"model.logit_softcap={self.logit_softcap} must be positive or null (off)")
         return p
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw"] = "adamw"
-    lr: float = 3e-3
+    """lmlab.optim: AdamW, or Muon for hidden matrices + AdamW for the rest; cosine or wsd schedule."""
+
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: float = 3e-3  # AdamW's lr (with muon: embeddings, heads, gains, biases)
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at trainer.max_steps
     grad_clip: float = 1.0
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, constant, decay over the last decay_frac
+    decay_frac: float = 0.2  # wsd only
+    decay_shape: Literal["linear", "sqrt"] = "linear"  # wsd only: 1 - progress or 1 - sqrt(progress)
+    muon_lr: float = 0.02  # muon only: torch.optim.Muon for 2-D weights inside the blocks
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "original"  # torch's adjust_lr_fn
 
     def check(self, run: RunConfig) -> list[str]:
         p = []
@@ -106,6 +119,24 @@ class OptimConfig:
             p.append(f"optim.betas={self.betas} must be two numbers in [0, 1)")
         if self.warmup_steps < 0:
             p.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        p.extend(self._check_recipe(run))
+        return p
+
+    def _check_recipe(self, run: RunConfig) -> list[str]:
+        p = []
+        if not 0.0 < self.decay_frac <= 1.0:
+            p.append(f"optim.decay_frac={self.decay_frac} must be in (0, 1]")
+        elif self.schedule == "wsd" and isinstance(getattr(run.trainer, "max_steps", None), int):
+            decay = int(round(self.decay_frac * run.trainer.max_steps))
+            if self.warmup_steps > run.trainer.max_steps - decay:
+                p.append(
+                    f"optim.warmup_steps={self.warmup_steps} runs into the decay of optim.schedule=wsd"
+                    f" (the last {decay} of trainer.max_steps={run.trainer.max_steps}; optim.decay_frac)"
+                )
+        if self.muon_lr <= 0:
+            p.append(f"optim.muon_lr={self.muon_lr} must be positive")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            p.append(f"optim.muon_momentum={self.muon_momentum} must be in [0, 1)")
         return p
 
 

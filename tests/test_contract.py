@@ -1,6 +1,7 @@
 """The contract every attention x position pair in conf/ must meet (new yamls are picked up by
 themselves): it composes (or is refused with a config error naming keys), runs forward and
-backward, is causal, and its cached incremental decoding equals the full forward pass."""
+backward, is causal, and its cached incremental decoding equals the full forward pass -- plain and
+with each model option of ``OPTIONS`` (refused only with a message naming the option's key)."""
 
 from pathlib import Path
 
@@ -16,16 +17,25 @@ def _names(group):
 
 
 PAIRS = [(a, p) for a in _names("attention") for p in _names("pos")]
+# model options (issue 14) that must compose with every pair they can, or be refused naming their key
+OPTIONS = {"plain": [], "qk_norm": ["model.qk_norm=true"], "relu2_softcap": ["model.mlp=relu2",
+                                                                          "model.logit_softcap=5.0"]}
 
 
+@pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("attention,pos", PAIRS)
-def test_pair(compose, attention, pos):
+def test_pair(compose, attention, pos, option):
     overrides = [f"attention={attention}", f"pos={pos}", "model=nano", "model.d_model=32",
                  "model.n_head=4", "model.n_layer=2", "model.seq_len=32"]
     try:
         run = compose(overrides)
     except ConfigError as e:  # a declared incompatibility must name both choices and say why
         assert f"pos.name={pos}" in str(e) and "attention" in str(e), str(e)
+        return
+    try:
+        run = compose(overrides + OPTIONS[option]) if OPTIONS[option] else run
+    except ConfigError as e:  # the pair composes: an option refused must name its key and the attention
+        assert any(o.split("=")[0] in str(e) for o in OPTIONS[option]) and f"attention.name={attention}" in str(e)
         return
     torch.manual_seed(0)
     model = build_model(run, vocab_size=61).double()

@@ -49,3 +49,96 @@ def test_vocabulary_too_large_for_the_corpus_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="tokenizer.vocab_size=5000 is too large for this corpus"):
         SentencePieceTokenizer.build(SentencePieceConfig(vocab_size=5000), lambda: ["a tiny corpus\n"] * 3,
                                      str(tmp_path))
+
+
+def test_content_hash_is_the_sha256_of_the_model(tok):
+    import hashlib
+
+    assert tok.content_hash() == hashlib.sha256(Path(tok.model_path).read_bytes()).hexdigest()
+    assert tok.describe()["sha256"] == tok.content_hash()
+
+
+def test_reservoir_sample_is_bounded_seeded_and_all_lines_when_few():
+    from lmlab.tokenizers.sentencepiece import sample_lines
+
+    texts = [f"line {i}\nsecond {i}\n\n" for i in range(1000)]
+    every = [x for t in texts for x in t.split("\n") if x.strip()]
+    assert sample_lines(texts, 5000) == (every, 2000)  # fewer than k: every line, in corpus order
+    a, n = sample_lines(iter(texts), 100)
+    assert n == 2000 and len(a) == 100 and set(a) <= set(every)
+    assert a == sample_lines(iter(texts), 100)[0]  # seeded
+    assert sum(x.startswith("line 9") for x in a) > 0  # late lines can enter the reservoir
+    long = ["x" * 5000 + "\nshort\n"]
+    assert sample_lines(long, 10)[0] == ["short"]  # lines SentencePiece would skip take no slot
+
+
+class Texts:
+    """train_texts with a fingerprint: a cache hit must not read the text."""
+
+    def __init__(self, texts, fingerprint):
+        self.texts, self.fingerprint, self.reads = texts, fingerprint, 0
+
+    def __call__(self):
+        return self
+
+    def __iter__(self):
+        self.reads += 1
+        return iter(self.texts)
+
+
+def _damage_cases():
+    def swap(model_dir, other):
+        (model_dir / "sp.model").write_bytes(Path(other.model_path).read_bytes())
+
+    def truncate(model_dir, other):
+        b = (model_dir / "sp.model").read_bytes()
+        (model_dir / "sp.model").write_bytes(b[: len(b) // 2])
+
+    def no_meta(model_dir, other):
+        (model_dir / "meta.json").unlink()
+
+    def other_settings(model_dir, other):
+        import json
+
+        meta = json.loads((model_dir / "meta.json").read_text())
+        meta["settings"]["vocab_size"] = 300
+        (model_dir / "meta.json").write_text(json.dumps(meta))
+
+    return {"swap": swap, "truncate": truncate, "no_meta": no_meta, "other_settings": other_settings}
+
+
+@pytest.fixture(scope="module")
+def fp_cache(tmp_path_factory):
+    """A cache holding a 600-piece model keyed on fingerprint fp-1 and another (450) model."""
+    d = tmp_path_factory.mktemp("fp-cache")
+    texts = [p.read_text(errors="replace") for p in STDLIB]
+    src = Texts(texts, "fp-1")
+    first = SentencePieceTokenizer.build(SentencePieceConfig(vocab_size=600), src, str(d))
+    again = SentencePieceTokenizer.build(SentencePieceConfig(vocab_size=600), src, str(d))
+    other = SentencePieceTokenizer.build(SentencePieceConfig(vocab_size=450), Texts(texts, "fp-1"), str(d))
+    return d, texts, first, again, other, src.reads
+
+
+def test_fingerprint_keyed_cache_hit_reads_no_text(fp_cache):
+    d, texts, first, again, other, reads = fp_cache
+    assert reads == 1 and again.model_path == first.model_path
+    assert again.content_hash() == first.content_hash() != other.content_hash()
+
+
+@pytest.mark.parametrize("damage", list(_damage_cases()))
+def test_damaged_tokenizer_cache_is_rebuilt_naming_the_path(tmp_path, fp_cache, damage):
+    import shutil
+
+    from lmlab.tokenizers.sentencepiece import train_sentencepiece
+
+    d, texts, first, _, other, _ = fp_cache
+    shutil.copytree(d, tmp_path / "c")
+    model_dir = tmp_path / "c" / Path(first.model_path).parent.relative_to(d)
+    _damage_cases()[damage](model_dir, other)
+    messages = []
+    path = train_sentencepiece(SentencePieceConfig(vocab_size=600), texts, str(tmp_path / "c"),
+                               fingerprint="fp-1", log=messages.append)
+    assert len(messages) == 1 and str(model_dir) in messages[0] and "rebuilding" in messages[0]
+    rebuilt = SentencePieceTokenizer(path)
+    # the same bytes as the first training: the model does not depend on where it was trained
+    assert rebuilt.content_hash() == first.content_hash() and rebuilt.vocab_size == 600

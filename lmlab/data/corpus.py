@@ -22,9 +22,11 @@ def cache_dir(run) -> str:
 
 @dataclass
 class Corpus:
-    train: object  # datasets.Dataset with a 'text' column
-    val: object
+    train: object  # datasets.Dataset with a 'text' column (streaming: an IterableDataset)
+    val: object  # streaming: the held-out IterableDataset until the DataModule keeps what it scored
     report: ReadReport
+    streaming: bool = False
+    fingerprint: str | None = None  # streaming: identity of the data (a Dataset has its own)
 
 
 def load_corpus(run) -> Corpus:
@@ -32,17 +34,53 @@ def load_corpus(run) -> Corpus:
 
     datasets.disable_progress_bars()
     source = DATA.get(run.data.name)(run.data)
+    if getattr(run.data, "streaming", False):
+        train, val, fp = source.load_streaming(cache_dir(run))
+        return Corpus(train=train, val=val, report=source.report, streaming=True, fingerprint=fp)
     ds = source.load(cache_dir(run))
     n = len(ds)
     if n < 2:
         raise DataError(f"data.name={run.data.name}: need at least 2 documents for a train/val split, got {n}")
     n_val = max(1, round(n * run.data.val_fraction))
-    split = ds.train_test_split(test_size=n_val, seed=run.data.val_seed, shuffle=True)
+    # index lists in memory: a memory-mapped dataset's own files are neither copied nor written next to
+    split = ds.train_test_split(test_size=n_val, seed=run.data.val_seed, shuffle=True, keep_in_memory=True)
     return Corpus(train=split["train"], val=split["test"], report=source.report)
+
+
+class TrainTexts:
+    """``train_texts`` for ``Tokenizer.build``: calling it streams the training split's texts
+    (Arrow batches, never the whole column as Python strings); ``fingerprint`` is the split's HF
+    dataset fingerprint, so a tokenizer cache can be keyed on it without reading any text."""
+
+    def __init__(self, ds, batch_size: int = 1000, fingerprint: str | None = None, text_field: str = "text",
+                 max_docs: int | None = None):
+        self.ds, self.batch_size, self.text_field, self.max_docs = ds, batch_size, text_field, max_docs
+        self.fingerprint = fingerprint or getattr(ds, "_fingerprint", None)
+
+    def __call__(self):
+        return self  # re-iterable, as Tokenizer.build expects
+
+    def __iter__(self):
+        n = 0
+        for batch in self.ds.select_columns([self.text_field]).iter(batch_size=self.batch_size):
+            for t in batch[self.text_field]:
+                if self.max_docs is not None and n >= self.max_docs:
+                    return
+                if isinstance(t, str):
+                    n += 1
+                    yield t
 
 
 def build_tokenizer(run, corpus: Corpus | None = None):
     """Train (or load from the cache) the configured tokenizer on the training split."""
     corpus = corpus or load_corpus(run)
     cls = TOKENIZER.get(run.tokenizer.name)
-    return cls.build(run.tokenizer, lambda: corpus.train["text"], cache_dir(run))
+    if corpus.streaming:
+        # a stream may be endless: the tokenizer sees its first documents, as many as it may sample
+        # lines from (a bounded prefix, not a sample of the whole stream)
+        limit = getattr(run.tokenizer, "train_max_sentences", 100_000)
+        texts = TrainTexts(corpus.train, fingerprint=f"stream-{corpus.fingerprint}-first{limit}",
+                           text_field=run.data.text_field, max_docs=limit)
+    else:
+        texts = TrainTexts(corpus.train)
+    return cls.build(run.tokenizer, texts, cache_dir(run))

@@ -5,7 +5,11 @@ segmentation that spans more than one character, (a) ``boundary`` cuts at the st
 (b) ``mid_token`` cuts at a character boundary strictly inside it (chosen at random). Both prompts
 share the same left edge, so they are matched in number and in where they fall in the text. Each
 prompt text is re-encoded deterministically (``tokenizer.encode(text)``), as a user's prompt would
-be, and truncated on the left to exactly ``context_tokens`` tokens.
+be, and truncated on the left to exactly ``context_tokens`` tokens. A tokenizer whose tokens never
+span two characters (``tokenizer=bytes``: ``probe_cut_unit = "word"``) has no mid-token cut; for it the
+span cut is a *word* (``WORD`` below, with its leading whitespace, as a unigram piece ``▁word`` would
+be): ``boundary`` cuts at the word's start, ``mid_token`` strictly inside it. For such a model
+``mid_token_ref`` equals ``mid_token`` up to the longer left context of the reference (chain rule).
 
 For each prompt and target y -- the next character, and the rest of the word (``\\s*(\\w+|\\W)``
 from the cut, at most ``max_target_bytes`` bytes) -- the probe measures
@@ -196,7 +200,8 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
     """Matched (boundary, mid-token) prompt pairs; see the module docstring."""
     L = cfg.context_tokens
     margin = 8  # extra tokens of text before the window so re-encoding yields at least L tokens
-    cands = []  # (doc, j) of multi-character tokens with enough context
+    by_word = getattr(tokenizer, "probe_cut_unit", "token") == "word"
+    cands = []  # (doc, j, s, e): a multi-character span [s, e) starting in token j, with enough context
     docs = []
     for d, text in enumerate(texts):
         ids = tokenizer.encode(text)
@@ -206,19 +211,20 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
             continue  # tokenizer does not round-trip this document (e.g. a literal U+2581)
         starts = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(int)
         docs.append((d, raw, starts))
-        for j in range(L + margin, len(ids) - 1):
-            s, e = starts[j], starts[j + 1]
-            if _inner_char_cuts(raw, s, e) and not _is_cont(raw, s):
-                cands.append((len(docs) - 1, j))
+        spans = _word_spans(text) if by_word else zip(starts[:-1], starts[1:])
+        for s, e in spans:
+            j = int(np.searchsorted(starts, s, "right")) - 1
+            if j >= L + margin and e < len(raw) and _inner_char_cuts(raw, s, e) and not _is_cont(raw, s):
+                cands.append((len(docs) - 1, j, s, e))
     rng = np.random.default_rng(cfg.seed)
     if not cands:
         return []
     pick = rng.choice(len(cands), size=min(cfg.n_prompts, len(cands)), replace=False)
     prompts: list[Prompt] = []
     for pair, c in enumerate(sorted(pick)):
-        di, j = cands[c]
+        di, j, s, e = cands[c]
         _, raw, starts = docs[di]
-        left, s, e = starts[j - L - margin], starts[j], starts[j + 1]
+        left = starts[j - L - margin]
         while _is_cont(raw, left):  # a byte piece may have split a character: start after it
             left += 1
         inner = _inner_char_cuts(raw, s, e)
@@ -234,6 +240,17 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
         if len(made) == 2:
             prompts.extend(made)
     return prompts
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """Byte ranges of the ``WORD`` matches of ``text`` (a word with its leading whitespace)."""
+    out, pos, at = [], 0, 0  # pos: character offset, at: its byte offset
+    for m in WORD.finditer(text):
+        at += len(text[pos:m.start()].encode("utf-8"))
+        n = len(m.group(0).encode("utf-8"))
+        out.append((at, at + n))
+        at, pos = at + n, m.end()
+    return out
 
 
 def _is_cont(raw: bytes, i: int) -> bool:

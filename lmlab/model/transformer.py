@@ -67,6 +67,8 @@ class MLP(nn.Module):
             h = F.silu(a) * b
         elif self.kind == "gelu_tanh":  # GPT-2's "gelu_new"
             h = F.gelu(h, approximate="tanh")
+        elif self.kind == "relu2":  # squared ReLU (So et al. 2021, Primer)
+            h = F.relu(h).square()
         else:
             h = F.gelu(h)
         return self.dropout(self.down(h))
@@ -141,6 +143,9 @@ class Transformer(nn.Module):
                 x = block(x, positions, caches[i] if caches is not None else None)
         h = self.norm_f(x)
         logits = self.lm_head(h)  # (B, T, V)
+        if self.cfg.logit_softcap is not None:  # tanh softcap (Gemma 2): |logits| <= c, smooth
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits / c)
         return (logits, h) if return_hidden else logits
 
     def aux_loss(self) -> Optional[torch.Tensor]:

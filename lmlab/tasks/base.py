@@ -71,33 +71,6 @@ class StepLoss:
     aux: Optional[torch.Tensor] = None
 
 
-def lr_lambda(optim_cfg, max_steps: int):
-    """Linear warmup over ``optim.warmup_steps``, then cosine to ``lr * min_lr_ratio`` at max_steps."""
-
-    def f(step: int) -> float:
-        if step < optim_cfg.warmup_steps:
-            return (step + 1) / optim_cfg.warmup_steps
-        span = max(1, max_steps - optim_cfg.warmup_steps)
-        progress = min(1.0, (step - optim_cfg.warmup_steps) / span)
-        cos = 0.5 * (1 + math.cos(math.pi * progress))
-        return optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * cos
-
-    return f
-
-
-def adamw_with_schedule(parameters, run) -> dict:
-    """AdamW (no weight decay on gains and biases) with warmup + cosine, stepped per step."""
-    o = run.optim
-    params = [p for p in parameters if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=o.lr, betas=tuple(o.betas),
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, run.trainer.max_steps))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
 class TaskModule(L.LightningModule):
     """The one LightningModule base (see the module docstring); ``self.model`` is the task's network."""
 
@@ -196,7 +169,9 @@ class TaskModule(L.LightningModule):
             self.log("train/grad_norm", norm, on_step=True)
 
     def configure_optimizers(self):
-        return adamw_with_schedule(self.parameters(), self.run)
+        from lmlab.optim import build_optimizer  # optim.name / optim.schedule: lmlab/optim.py
+
+        return build_optimizer(self.named_parameters(), self.run)
 
     # ---------------------------------------------------------------- model FLOPs utilisation
     _peak: Optional[float] = None

@@ -6,9 +6,17 @@ Design choices:
 - ``normalization_rule_name=identity``, no dummy prefix, no whitespace collapsing: the bytes of the
   pieces concatenate back to the exact input (bits per byte need this). One exception: a literal
   U+2581 (▁) in the input decodes as a space, as in SentencePiece itself.
-- The model is trained once per (corpus text, settings) and cached under
-  ``<cache_dir>/tokenizers/sp-<hash>/``; the hash covers every line of training text and every
-  setting, and the directory is written atomically (train in a temp dir, then rename).
+- Training reads the corpus once, streamed, keeping a seeded reservoir sample of at most
+  ``train_max_sentences`` lines (never the whole corpus in memory). When the corpus has no more
+  lines than that, the sample is every line in corpus order -- exactly what SentencePiece was given
+  before, so the default corpus gives the same model.
+- The model is cached under ``<cache_dir>/tokenizers/sp-<type>-<vocab>-<key>/``. The key is the
+  training texts' fingerprint (an HF ``Dataset._fingerprint``, passed as ``train_texts.fingerprint``)
+  plus every setting; without a fingerprint it is a hash of every line (tests, plain lists). The
+  directory is written atomically (train in a temp dir, then rename) and holds ``meta.json``: the
+  model's sha256 and the settings. A cache entry whose model does not match its recorded sha256
+  (truncated, or another model swapped in) or whose settings differ is rebuilt with a one-line
+  message naming the path. ``content_hash()`` is the sha256 of the model bytes in use.
 - ``sample=true`` uses SentencePiece's own subword regularization: unigram ``nbest_size=-1``
   (FFBS over the full lattice) with inverse temperature ``alpha``; BPE models: BPE-dropout with
   probability ``alpha``. The generator passed to ``encode`` seeds SentencePiece's RNG per call.
@@ -17,9 +25,12 @@ Design choices:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -73,34 +84,101 @@ def _piece_bytes(sp, i: int) -> bytes:
     return sp.id_to_piece(i).replace(WHITESPACE, " ").encode("utf-8")
 
 
-def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_dir: str) -> Path:
-    """Train (or find cached) and return the path of the .model file."""
+MAX_LINE_BYTES = 4192  # SentencePiece's max_sentence_length: longer lines are skipped by its trainer
+SAMPLE_SEED = 0
+CACHE_VERSION = 2  # bumps when what a cache key means changes
+
+
+def sample_lines(texts: Iterable[str], k: int, key=None) -> tuple[list[str], int]:
+    """A seeded reservoir sample (Algorithm R) of at most ``k`` non-blank lines of ``texts``, read
+    once, in corpus order while fewer than ``k`` were seen. ``key`` (a hashlib object) is updated
+    with every line when given. Returns (sample, number of lines seen)."""
+    rng = random.Random(SAMPLE_SEED)
+    sample: list[str] = []
+    n = 0
+    for text in texts:
+        for line in text.split("\n"):
+            if not line.strip():
+                continue
+            if key is not None:
+                key.update(line.encode("utf-8", "replace"))
+                key.update(b"\n")
+            if len(line.encode("utf-8", "replace")) > MAX_LINE_BYTES:
+                continue  # the trainer would skip it; keep the slot for a usable line
+            if n < k:
+                sample.append(line)
+            else:
+                j = rng.randrange(n + 1)
+                if j < k:
+                    sample[j] = line
+            n += 1
+    return sample, n
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_problem(out_dir: Path, settings: dict) -> str | None:
+    """Why the cache entry in ``out_dir`` cannot be trusted, or None when it is intact."""
+    model, meta_path = out_dir / "sp.model", out_dir / "meta.json"
+    if not meta_path.exists():
+        return "no meta.json (sha256 and settings) beside it"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return "meta.json is not readable JSON"
+    if meta.get("settings") != settings:
+        return "it was made with other settings"
+    if not model.exists():
+        return "sp.model is missing"
+    if _sha256(model) != meta.get("sha256"):
+        return "sp.model does not match its recorded sha256 (damaged or replaced)"
+    return None
+
+
+def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_dir: str,
+                        fingerprint: str | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Train (or find cached and verified) and return the path of the .model file."""
     import sentencepiece as spm
 
-    lines: list[str] = []
-    h = hashlib.sha256()
+    log = log or (lambda m: print(m, file=sys.stderr))
     settings = {k: getattr(cfg, k) for k in (
         "vocab_size", "model_type", "character_coverage", "split_by_whitespace",
         "max_piece_length", "train_max_sentences")}
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    for text in texts:
-        for line in text.split("\n"):
-            if line.strip():
-                lines.append(line)
-                h.update(line.encode("utf-8", "replace"))
-                h.update(b"\n")
-    if not lines:
-        raise ValueError("no training text for the tokenizer (every document is empty)")
+    settings["cache_version"] = CACHE_VERSION
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    lines = None
+    if fingerprint is not None:
+        h.update(f"fingerprint:{fingerprint}".encode())
+    else:  # no fingerprint: the key is a hash of the text, read (and sampled) now
+        lines, n_lines = sample_lines(texts, cfg.train_max_sentences, key=h)
+    settings["key"] = h.hexdigest()
     out_dir = Path(cache_dir) / "tokenizers" / f"sp-{cfg.model_type}-{cfg.vocab_size}-{h.hexdigest()[:16]}"
     model = out_dir / "sp.model"
-    if model.exists():
-        return model
+    if out_dir.exists():
+        problem = _cache_problem(out_dir, settings)
+        if problem is None:
+            return model
+        log(f"tokenizer cache {out_dir}: {problem}; rebuilding it")
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if lines is None:
+        lines, n_lines = sample_lines(texts, cfg.train_max_sentences)
+    if not lines:
+        raise ValueError("no training text for the tokenizer (every document is empty)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-"))
     try:
+        # written through model_writer (no model_prefix), so the model bytes -- and content_hash() --
+        # depend on the training lines and settings only, not on the temp directory's name
+        proto = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines),
-            model_prefix=str(tmp / "sp"),
+            model_writer=proto,
             model_type=cfg.model_type,
             vocab_size=cfg.vocab_size,
             byte_fallback=True,
@@ -116,7 +194,10 @@ def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_di
             num_threads=cfg.num_threads,
             minloglevel=2,
         )
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=1))
+        (tmp / "sp.model").write_bytes(proto.getvalue())
+        meta = {"sha256": _sha256(tmp / "sp.model"), "settings": settings, "fingerprint": fingerprint,
+                "lines_seen": n_lines, "lines_sampled": len(lines)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, out_dir)
         except OSError:  # another process finished first: use theirs
@@ -126,6 +207,10 @@ def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_di
         if "Vocabulary size too high" in str(e):
             raise ValueError(f"tokenizer.vocab_size={cfg.vocab_size} is too large for this corpus "
                              f"({len(lines):,} training lines): {str(e).split(']')[-1].strip()}") from None
+        if "smaller than required_chars" in str(e):
+            raise ValueError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for this corpus's characters "
+                             f"(lower tokenizer.character_coverage or raise the vocabulary): "
+                             f"{str(e).split(']')[-1].strip()}") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -170,8 +255,15 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def build(cls, cfg: SentencePieceConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):
-        path = cfg.model_path or train_sentencepiece(cfg, train_texts(), cache_dir)
+        # train_texts may carry the corpus fingerprint (lmlab.data.corpus.TrainTexts): then a cache
+        # hit reads no text at all
+        path = cfg.model_path or train_sentencepiece(
+            cfg, train_texts(), cache_dir, fingerprint=getattr(train_texts, "fingerprint", None))
         return cls(path, cfg)
+
+    def content_hash(self) -> str:
+        """sha256 of the model bytes this tokenizer encodes with (checkpoints record it)."""
+        return hashlib.sha256(self._proto).hexdigest()
 
     @property
     def vocab_size(self) -> int:
@@ -196,4 +288,5 @@ class SentencePieceTokenizer(Tokenizer):
         return list(self._bytes)
 
     def describe(self) -> dict:
-        return {**super().describe(), "model_type": self.cfg.model_type, "model_path": self.model_path}
+        return {**super().describe(), "model_type": self.cfg.model_type, "model_path": self.model_path,
+                "sha256": self.content_hash()}

@@ -28,16 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 def plain_loop(run, tokenizer, batches, warmup):
     from lmlab.model.transformer import build_model
-    from lmlab.train.module import lr_lambda
+    from lmlab.optim import build_optimizer
 
     torch.manual_seed(0)
     model = build_model(run, tokenizer.vocab_size)
-    o = run.optim
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, run.trainer.max_steps))
+    built = build_optimizer(model, run)  # the same optimizer and schedule as the Lightning run
+    opt, sched = built["optimizer"], built["lr_scheduler"]["scheduler"]
     model.train()
     t0 = None
     for i, tokens in enumerate(batches):
@@ -47,7 +43,7 @@ def plain_loop(run, tokenizer, batches, warmup):
         loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.optim.grad_clip)
         opt.step()
         sched.step()
     n = (len(batches) - warmup) * batches[0][:, 1:].numel()

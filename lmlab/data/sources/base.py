@@ -53,9 +53,10 @@ class ReadReport:
     short_docs: int = 0
     docs: int = 0
     chars: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. a damaged cache that was rebuilt
 
     def lines(self) -> list[str]:
-        out = [f"{self.docs} documents, {self.chars:,} characters from {self.files} file(s)"]
+        out = [*self.notes, f"{self.docs} documents, {self.chars:,} characters from {self.files} file(s)"]
         if self.empty_files:
             out.append(f"skipped {len(self.empty_files)} empty file(s): {', '.join(self.empty_files[:5])}")
         if self.replaced_utf8:

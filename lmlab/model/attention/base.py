@@ -32,11 +32,16 @@ class AttentionConfig:
     name: str = "mha"
     impl: str = "sdpa"  # sdpa | manual (reference); see lmlab.model.kernels
     bias: bool = False  # bias terms in the q/k/v/o projections
+    # why this variant cannot honour model.qk_norm, or None when it applies it (class attribute)
+    qk_norm_refusal = None
 
     def check(self, run) -> list[str]:
+        p = []
         if self.impl not in kernels.IMPLS:
-            return [f"attention.impl='{self.impl}' is not one of {', '.join(kernels.IMPLS)}"]
-        return []
+            p.append(f"attention.impl='{self.impl}' is not one of {', '.join(kernels.IMPLS)}")
+        if getattr(run.model, "qk_norm", False) and self.qk_norm_refusal:
+            p.append(f"model.qk_norm=true does not apply to attention.name={self.name}: {self.qk_norm_refusal}")
+        return p
 
 
 class KVCache:

@@ -32,6 +32,9 @@ class MHA(Attention):
         self.kv_proj = nn.Linear(C, 2 * self.n_kv_head * D, bias=cfg.bias)
         self.o_proj = nn.Linear(H * D, C, bias=cfg.bias)
         self.dropout = model_cfg.dropout
+        # model.qk_norm: one RMSNorm (gain over the head size) for all query heads, one for keys
+        self.q_norm = nn.RMSNorm(D, eps=model_cfg.norm_eps) if model_cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(D, eps=model_cfg.norm_eps) if model_cfg.qk_norm else None
 
     def cache_elems_per_token(self) -> int:
         return 2 * self.n_kv_head * self.head_dim
@@ -48,6 +51,8 @@ class MHA(Attention):
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k, v = self.kv_proj(x).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)  # (B, T, G, D) each
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, G, T, D)
+        if self.q_norm is not None:  # before rotation, so rotary sees unit-RMS heads
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.pos.rotate(q, positions), self.pos.rotate(k, positions)
         k_pos = positions
         if cache is not None:

@@ -67,6 +67,12 @@ class MLAConfig(AttentionConfig):
         """Write the derived dims into the config (the saved config.yaml then shows them)."""
         self.kv_lora_rank, self.rope_head_dim, self.nope_head_dim, self.v_head_dim = self.dims(run.model)
 
+    qk_norm_refusal = (
+        "MLA has no per-head key to normalise: its rotary key part is shared by all heads and the rest"
+        " is the up-projected latent (already RMS-normed), whose up-projection the absorbed decode form"
+        " folds into the query -- a norm after it would make the two forms differ"
+    )
+
     def rotary_dim(self, model_cfg) -> int:
         """Position encodings rotate only the decoupled part (SPEC §9)."""
         return self.dims(model_cfg)[1]

@@ -56,6 +56,10 @@ class VQConfig(AttentionConfig):
     beta: float = 1e-4  # commitment loss weight
     gamma: float = 0.99  # codebook EMA decay
     form: Literal["linear", "quadratic"] = "linear"
+    qk_norm_refusal = (
+        "VQ keys already pass a parameter-free LayerNorm and are replaced by codewords; a learned"
+        " per-head key norm would move the codebook's fixed scale (SPEC §10)"
+    )
 
     @property
     def bias_window(self) -> int:
