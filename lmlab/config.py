@@ -158,6 +158,10 @@ class EarlyStopConfig:
         return p
 
 
+# Lightning precision values lmlab accepts (the same names as Lightning's; aliases such as "bf16" are not)
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
 @dataclass
 class TrainerConfig:
     accelerator: str = "cpu"
@@ -175,9 +179,26 @@ class TrainerConfig:
     progress_bar: Optional[bool] = None  # None: on when stdout is a terminal
     entropy_baseline: bool = True  # print the byte-unigram entropy of the val text beside val_bpb
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    # issue 11 item 3 (lmlab.train.run): speed and budget controls
+    compile: bool = False  # torch.compile the model in place (checkpoint keys unchanged)
+    compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" needs no C compiler
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (max_steps counts optimizer steps)
+    max_time: Optional[str] = None  # wall-clock budget "DD:HH:MM:SS" (Lightning's max_time); null = none
 
     def check(self, run: RunConfig) -> list[str]:
         p = []
+        if self.precision not in PRECISIONS:
+            p.append(f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}"
+                     + did_you_mean(self.precision, PRECISIONS))
+        elif self.accelerator == "cpu" and self.precision in ("16-mixed", "16-true"):
+            p.append(f"trainer.precision={self.precision} is not supported on CPU: use bf16-mixed")
+        if self.strategy.startswith("fsdp") and self.accelerator == "cpu":
+            p.append(f"trainer.strategy={self.strategy} needs a GPU (Lightning's FSDP is CUDA only): "
+                     "use trainer=fsdp on a GPU machine, or trainer.strategy=ddp on CPU")
+        if self.accumulate_grad_batches < 1:
+            p.append(f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} must be >= 1")
+        if self.max_time is not None and not re.fullmatch(r"\d{1,2}:\d{2}:\d{2}:\d{2}", str(self.max_time)):
+            p.append(f"trainer.max_time={self.max_time!r} must read DD:HH:MM:SS (e.g. 00:00:05:00), or null")
         if self.max_steps <= 0:
             p.append(f"trainer.max_steps={self.max_steps} must be positive")
         if self.val_every <= 0:

@@ -152,3 +152,24 @@ def test_image_text_checkpoint_loads_the_best_weights(compose, tmp_path):
     assert c.task == "image_text" and c.tokenizer is None and not c.model.training
     best = c.state["extra"]["best_state"]
     assert best is not None and all(torch.equal(c.model.state_dict()[k], v) for k, v in best.items())
+
+
+def test_the_tokenizer_hash_is_recorded_and_a_different_tokenizer_is_refused(lm_run, tmp_path):
+    """The checkpoint records its tokenizer's sha256: the loader refuses a tokenizer that does not match
+    it (damage), and resume refuses a run whose tokenizer (built from the cache) is another model."""
+    from lmlab.errors import ResumeError
+    from lmlab.tasks.lm import LMModule
+    from lmlab.train.checkpoint import read_checkpoint
+
+    run, path = lm_run
+    ckpt = read_checkpoint(path)
+    loaded = load_checkpoint(path)
+    assert ckpt["lmlab"]["tokenizer_sha256"] == loaded.tokenizer.content_hash()
+    module = LMModule(run, loaded.tokenizer, torch.ones(loaded.tokenizer.vocab_size))
+    module.on_load_checkpoint(ckpt)  # the same tokenizer: accepted
+    ckpt["lmlab"]["tokenizer_sha256"] = "0" * 64
+    with pytest.raises(ResumeError, match="tokenizer sha256 0000"):
+        module.on_load_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        load_checkpoint(tmp_path / "other.ckpt")

@@ -100,7 +100,7 @@ def test_every_problem_at_once_naming_keys_with_suggestions():
 
 
 def test_training_configs_suggest_the_closest_key(compose):
-    with pytest.raises(ConfigError, match=r"trainer.max_step: unknown key \(did you mean `trainer.max_steps`\?\)"):
+    with pytest.raises(ConfigError, match=r"trainer.max_step: unknown key \(did you mean `trainer.max_steps`( or `trainer.max_time`)?\?\)"):
         compose(["+trainer.max_step=3"])
 
 
@@ -110,7 +110,7 @@ def test_compose_run_errors_are_one_message_with_the_available_options():
     msg = str(e.value)
     assert "attention=mlaa: no such option (did you mean `mla`?) (available: gqa, mha, mla, mqa, vq)" in msg
     assert "pos=rop: no such option (did you mean `rope`" in msg
-    with pytest.raises(ConfigError, match=r"trainer.max_step: unknown key \(did you mean `trainer.max_steps`\?\)"):
+    with pytest.raises(ConfigError, match=r"trainer.max_step: unknown key \(did you mean `trainer.max_steps`( or `trainer.max_time`)?\?\)"):
         cli.compose_run(["trainer.max_step=3"])
 
 

@@ -30,10 +30,13 @@ Guarantees of the base (tests: test_tasks.py, test_train.py, test_multimodal_tra
   checkpoint whose seed, worker count or world size differs from this run's.
 - Rank awareness: the world size is recorded in the checkpoint and a resume under another is
   refused (each rank's data share depends on it); the training streams shard by rank and worker.
+  Validation sums go through ``reduce_sum`` (an all-reduce under DDP/FSDP) before any division.
+- ``train/mfu`` is logged beside ``train/tokens_per_sec`` when the device's peak is known (``mfu``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -113,7 +116,9 @@ class TaskModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def on_train_batch_start(self, batch, batch_idx):
-        torch.manual_seed((self.run.seed * 1_000_003 + self.global_step) % 2**63)
+        # batches_seen, not global_step: with trainer.accumulate_grad_batches > 1 each micro-batch of
+        # one optimizer step gets its own dropout seed (the two are equal without accumulation)
+        torch.manual_seed((self.run.seed * 1_000_003 + self.batches_seen) % 2**63)
 
     def training_step(self, batch, batch_idx):
         out = self.step_loss(batch)
@@ -137,18 +142,21 @@ class TaskModule(L.LightningModule):
             "train/loss": out.loss.detach(),
             "train/epoch": float(batch["epoch"]),
             "train/tokens_seen": float(self.tokens_seen),
+            "train/bytes_seen": float(self.train_bytes),  # the report's equal-training-bytes axis
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
         if self._t_last is not None and now > self._t_last:
             self.tokens_per_sec = self._tok_since / (now - self._t_last)
             metrics["train/tokens_per_sec"] = self.tokens_per_sec
+            mfu = self.mfu(self.tokens_per_sec)
+            if mfu is not None:
+                metrics["train/mfu"] = mfu
         self._t_last, self._tok_since = now, 0
         if out.aux is not None:
             metrics["train/aux_loss"] = out.aux.detach()
         metrics.update(self.step_metrics(batch, out))
         # callback_metrics (progress display, early stopping) only: rows are written by write_row
         self.log_dict(metrics, on_step=True, on_epoch=False, logger=False)
-        self.log("train/loss_bar", out.loss.detach(), prog_bar=True, logger=False)
         self._row = (self.global_step, metrics)
 
     def write_row(self, step: int, metrics: dict) -> None:
@@ -172,7 +180,11 @@ class TaskModule(L.LightningModule):
         # Clipping here (not through Trainer.gradient_clip_val) computes the norm once for both
         # the clip and the non-finite check, which must happen before the optimizer step.
         clip = self.run.optim.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+        wrapped = self.trainer.strategy.model if self._trainer is not None else None
+        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP: each rank holds a shard; the norm is over all
+            norm = wrapped.clip_grad_norm_(clip)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         if not torch.isfinite(norm):
             raise NonFiniteError(
                 f"non-finite gradient norm at step {self.global_step}; stopped before the optimizer step"
@@ -185,6 +197,34 @@ class TaskModule(L.LightningModule):
         from lmlab.optim import build_optimizer  # optim.name / optim.schedule: lmlab/optim.py
 
         return build_optimizer(self.named_parameters(), self.run)
+
+    # ---------------------------------------------------------------- model FLOPs utilisation
+    _peak: Optional[float] = None
+    _peak_known = False
+
+    def mfu(self, tokens_per_sec: float) -> Optional[float]:
+        """Model FLOPs utilisation of this device: ``lmlab.model.flops.flops_per_token`` (3 x the forward
+        count at seq_len: forward + backward) x this rank's tokens/s / the device's peak
+        (``lmlab.train.mfu.peak_flops``); None when the peak or the FLOP count is unknown."""
+        from lmlab.model.flops import flops_per_token, mfu
+        from lmlab.train.mfu import peak_flops
+
+        if not self._peak_known:
+            self._peak = peak_flops(self.device, self.run.trainer.precision, self.run.cache_dir)
+            self._peak_known = True
+        if not hasattr(self.model, "flops_per_token") or not math.isfinite(tokens_per_sec):
+            return None
+        return mfu(flops_per_token(self.model), tokens_per_sec, self._peak)
+
+    # ---------------------------------------------------------------- distributed sums
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over every rank (itself on one process); the result is on ``t``'s device.
+
+        Validation sums (nats, tokens, bytes) go through this before any division, so a figure
+        from N processes equals the one-process figure over the same blocks."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return t
+        return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").to(t.device)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):
@@ -219,6 +259,7 @@ class TaskModule(L.LightningModule):
             "task": self.run.task.name,
             "config": to_dict(self.run),
             "tokenizer": self.tokenizer.to_state() if self.tokenizer is not None else None,
+            "tokenizer_sha256": self.tokenizer.content_hash() if self.tokenizer is not None else None,
             "batches_seen": self.batches_seen,
             "tokens_seen": self.tokens_seen,
             "train_bytes": self.train_bytes,
@@ -246,6 +287,12 @@ class TaskModule(L.LightningModule):
             )
         if state["seed"] != self.run.seed:
             raise ResumeError(f"cannot resume: checkpoint seed={state['seed']}, this run seed={self.run.seed}")
+        mine = self.tokenizer.content_hash() if self.tokenizer is not None else None
+        if state.get("tokenizer_sha256") != mine:  # same config, yet another model (a replaced cache)
+            raise ResumeError(
+                f"cannot resume: the checkpoint was trained with tokenizer sha256 {state.get('tokenizer_sha256')}, "
+                f"this run's tokenizer (from the cache under cache_dir) has {mine}; restore that tokenizer, "
+                "or resume=false to start over")
         self.batches_seen = state["batches_seen"]
         self.tokens_seen = state["tokens_seen"]
         self.train_bytes = state["train_bytes"]

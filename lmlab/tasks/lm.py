@@ -3,6 +3,8 @@
 - Loss: next-token cross-entropy (+ any attention auxiliary loss, e.g. VQ commitment).
 - Validation reports ``val/bpb``: total nats over the target tokens divided by the UTF-8 bytes
   those tokens stand for, over ln 2 -- comparable across tokenizers -- plus ``val/loss``, ``val/ppl``.
+  Under DDP each rank scores a disjoint share of the validation blocks and the three sums are
+  all-reduced before dividing, so the figure equals the one-process one over the same blocks.
 - The tokenizer travels in the checkpoint as plain data (``Tokenizer.to_state``).
 """
 
@@ -55,7 +57,8 @@ class LMModule(TaskModule):
         self._val += torch.tensor([nats, n_tok, n_bytes], dtype=torch.float64)
 
     def val_metrics(self):
-        nats, n_tok, n_bytes = self._val.tolist()
+        # each rank scored its own blocks (TextDataModule.val_dataloader): sum over ranks, then divide
+        nats, n_tok, n_bytes = self.reduce_sum(self._val).tolist()
         if n_tok == 0:
             return None
         loss = nats / n_tok

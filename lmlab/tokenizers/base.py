@@ -80,6 +80,12 @@ class Tokenizer:
     def from_model_bytes(cls, data: bytes, cfg) -> Tokenizer:
         raise NotImplementedError
 
+    def content_hash(self) -> str:
+        """sha256 of the model bytes this tokenizer encodes with (checkpoints record it; resume compares)."""
+        import hashlib
+
+        return hashlib.sha256(self.model_bytes()).hexdigest()
+
     def to_state(self) -> dict:
         """{"name": registered name, "config": the config as a dict, "model": bytes}: plain data only."""
         return {"name": self.registry_name, "config": dataclasses.asdict(self.cfg), "model": self.model_bytes()}

@@ -108,6 +108,17 @@ class HFTokenizer(Tokenizer):
         self.cfg, self._state = state["cfg"], state["state"]
         self._load()
 
+    def model_bytes(self) -> bytes:
+        """Plain data for the checkpoint (``Tokenizer.to_state``): the tokenizer.json and the ids lmlab uses."""
+        tokenizer_json, eos_id, special_ids, vocab_size = self._state
+        return json.dumps({"tokenizer_json": tokenizer_json, "eos_id": eos_id, "special_ids": special_ids,
+                           "vocab_size": vocab_size}, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_model_bytes(cls, data: bytes, cfg) -> HFTokenizer:
+        d = json.loads(bytes(data).decode("utf-8"))
+        return cls(d["tokenizer_json"], d["eos_id"], d["special_ids"], d["vocab_size"], cfg)
+
     @classmethod
     def from_dir(cls, path: str, cfg: Optional[HFTokenizerConfig] = None) -> HFTokenizer:
         from transformers import AutoTokenizer

@@ -261,10 +261,6 @@ class SentencePieceTokenizer(Tokenizer):
             cfg, train_texts(), cache_dir, fingerprint=getattr(train_texts, "fingerprint", None))
         return cls(path, cfg)
 
-    def content_hash(self) -> str:
-        """sha256 of the model bytes this tokenizer encodes with (checkpoints record it)."""
-        return hashlib.sha256(self._proto).hexdigest()
-
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()

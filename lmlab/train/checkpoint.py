@@ -96,7 +96,8 @@ def save_weights_checkpoint(path, run, model: torch.nn.Module, tokenizer, step: 
         "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
         "global_step": step,
         "lmlab": {"format": FORMAT, "task": run.task.name, "config": to_dict(run),
-                  "tokenizer": tokenizer.to_state() if tokenizer is not None else None},
+                  "tokenizer": tokenizer.to_state() if tokenizer is not None else None,
+                  "tokenizer_sha256": tokenizer.content_hash() if tokenizer is not None else None},
     }, path)
 
 
@@ -113,5 +114,8 @@ def load_checkpoint(path, map_location: Any = "cpu") -> Loaded:
         raise CheckpointError(f"{path}: {e}") from None
     run = run_config(state, path)
     tokenizer = Tokenizer.from_state(state["tokenizer"]) if state.get("tokenizer") is not None else None
+    recorded = state.get("tokenizer_sha256")
+    if tokenizer is not None and recorded is not None and tokenizer.content_hash() != recorded:
+        raise CheckpointError(f"{path}: its tokenizer does not match the sha256 recorded beside it (damaged)")
     model = task_cls.load_model(run, ckpt, tokenizer)
     return Loaded(str(path), state["task"], run, model, tokenizer, int(ckpt.get("global_step", 0)), state)

@@ -10,8 +10,9 @@
   ``step-N.ckpt`` and points ``last.ckpt`` at the same bytes (a hard link, a copy where links are not
   supported), then keeps exactly the ``keep_last`` newest ``step-N.ckpt`` with N <= the current step.
   SIGTERM and SIGINT only set a flag; at the next step boundary ``last.ckpt`` is written through the
-  same path and training stops (``StoppedBySignal``, exit 143 / 130 in train.py). ``save_last`` writes
-  the final ``last.ckpt``.
+  same path and training stops (``StoppedBySignal``, exit 143 / 130 in train.py). With several processes
+  the flag is OR-reduced over the ranks at every step, so all ranks save and stop at the same step
+  whichever of them got the signal (saving is a collective). ``save_last`` writes the final ``last.ckpt``.
 - ``clean_tmp`` removes ``*.tmp`` left by a kill during a save (called once the run directory is locked).
 - ``resolve_resume``: ``auto`` resumes from the newest *complete, loadable* checkpoint of the run
   (``last.ckpt`` and every ``step-N.ckpt`` compared by the step recorded inside them; each damaged one
@@ -180,6 +181,8 @@ class CheckpointWriter(L.Callback):
     # ------------------------------------------------------------------ writing
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            self.signum = self.signum or signal.SIGTERM  # another rank was asked to stop
         if step % self.every == 0:
             self.save_step(trainer)
         if self.requested and not trainer.should_stop:

@@ -176,7 +176,17 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(torch.utils.data.TensorDataset(self.val_blocks), batch_size=self.run.data.batch_size)
+        """This rank's share of the validation blocks: every world-th block from its rank on, so the
+        ranks together score each block exactly once (Lightning's DistributedSampler would pad the
+        last share with repeats; the Trainer runs with ``use_distributed_sampler=False``)."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        if len(self.val_blocks) < world:
+            raise DataError(
+                f"{len(self.val_blocks)} validation blocks cannot give each of {world} processes one: "
+                "raise trainer.limit_val_batches or data.val_fraction"
+            )
+        return DataLoader(torch.utils.data.TensorDataset(self.val_blocks[rank::world]),
+                          batch_size=self.run.data.batch_size)
 
     # ---- stream position (see the module docstring) ----
 

@@ -20,6 +20,12 @@ is a function of ``max_steps``, recomputed for the new horizon: from the resume 
 the cosine of the *new* length (it jumps up if the old run had decayed to its minimum), so an extended
 run is not identical to one trained with the larger ``max_steps`` from the start.
 
+Processes (``trainer.strategy=ddp``, ``fsdp``; docs/scale.md): every rank runs ``train``; only rank
+zero locks and writes the run directory (config.yaml, summary.json, metrics.csv, probe.json, plots)
+and prints. A run that ended by early stopping or by ``trainer.max_time`` and is run again with
+``resume=auto`` returns its summary at once. ``summary.json`` says why the run stopped (``stopped_by``:
+max_steps, max_time, early_stop) and its ``mfu`` (None when the device's peak is unknown; lmlab.train.mfu).
+
 Threads: the trainer process uses ``trainer.num_threads`` intra-op threads (default: every core);
 tokenizer workers use one each and mostly sleep on a full prefetch queue (README: threads).
 """
@@ -29,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -113,7 +118,14 @@ def _train_locked(run, run_dir: Path, log, callbacks, owner: bool = True) -> dic
             clean_tmp(d, log)
     ckpt_path, task_state = _accept_resume(run, run_dir, ckpt_dir, config, log)
     if not owner:
-        return _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, time.time())
+        return _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, _silent, callbacks, time.time(),
+                    zero=False)
+    if ckpt_path:
+        done = _finished_early(run_dir, task_state["global_step"], run.resume)
+        if done is not None:  # training on would undo the decision to stop; nothing is written
+            log(f"done already: stopped by {done['stopped_by']} at step {task_state['global_step']}; "
+                f"summary in {run_dir / 'summary.json'}")
+            return done
 
     # ---- accepted: from here on the run directory is this run's
     if str(run.resume).lower() in ("false", "no"):
@@ -139,12 +151,13 @@ def _train_locked(run, run_dir: Path, log, callbacks, owner: bool = True) -> dic
         raise
 
 
-def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, t0) -> dict:
+def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, t0, zero: bool = True) -> dict:
     import lightning as L
 
     from lmlab.registry import TASK
     from lmlab.train.checkpointing import AtomicCheckpointIO, CheckpointWriter, StoppedBySignal
     from lmlab.train.logging import RunCSVLogger, wandb_logger
+    from lmlab.train.progress import StepBar, early_stopping, progress_callback, start_block, stopped_by
 
     threads = configure_threads(run)
     L.seed_everything(run.seed, workers=False, verbose=False)
@@ -157,15 +170,17 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
     if ckpt_path:
         task.set_start_batch(task_state["batches_seen"])
     module = task.module()
-    log(f"model: {module.model.n_params():,} parameters; run dir {run_dir}; {threads} torch threads, "
-        f"{run.data.num_workers} tokenizer worker(s)")
+    if run.trainer.compile:  # in place: state_dict keys stay model.*, so checkpoints load either way
+        module.model.compile(backend=run.trainer.compile_backend)
+    log("run:\n" + start_block(run, module.model.n_params(), threads, run_dir, choices=_hydra_choices()))
 
-    loggers = [RunCSVLogger(str(run_dir), resume_step)]
-    wb = wandb_logger(run, str(run_dir), config) if run.logger.wandb else None
+    # rank zero logs (Lightning calls loggers there only); the others must not even open metrics.csv
+    loggers = [RunCSVLogger(str(run_dir), resume_step)] if zero else []
+    wb = wandb_logger(run, str(run_dir), config) if run.logger.wandb and zero else None
     if wb is not None:
         loggers.append(wb)
     writer = CheckpointWriter(ckpt_dir, every=run.trainer.val_every, keep_last=run.trainer.keep_last, log=log)
-    progress = run.trainer.progress_bar if run.trainer.progress_bar is not None else sys.stdout.isatty()
+    progress, es = progress_callback(run), early_stopping(run)
     trainer = L.Trainer(
         accelerator=run.trainer.accelerator, devices=run.trainer.devices, num_nodes=run.trainer.num_nodes,
         strategy=run.trainer.strategy, precision=run.trainer.precision,
@@ -173,9 +188,15 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
         check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=1.0,
         log_every_n_steps=run.trainer.log_every, logger=loggers,
         # the one checkpoint writer (lmlab.train.checkpointing): no ModelCheckpoint, so no last-vN.ckpt
-        callbacks=[*callbacks, writer], plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
+        callbacks=[*callbacks, writer, progress, *([es] if es else [])],
+        plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         deterministic=run.trainer.deterministic,
-        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run_dir),
+        enable_progress_bar=isinstance(progress, StepBar), enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        accumulate_grad_batches=run.trainer.accumulate_grad_batches, max_time=run.trainer.max_time,
+        # each rank's validation share is cut by the DataModule (every block once); Lightning's
+        # DistributedSampler would pad shares with repeated blocks
+        use_distributed_sampler=False,
     )
     try:
         # tensors and plain data only (lmlab.train.checkpoint); AtomicCheckpointIO reads it safely too
@@ -200,15 +221,19 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
             "val_loss": last["val_loss"],
             "val_bpb": last["val_bpb"],
             "train_loss": module.last_train_loss,
-            "tokens_seen": module.tokens_seen,
-            "tokens_per_sec": module.tokens_per_sec,
+            # over all ranks (each counts its own batches, all of one size), so figures compare across scales
+            "tokens_seen": module.tokens_seen * trainer.world_size,
+            "tokens_per_sec": module.tokens_per_sec * trainer.world_size,
             "wall_time_s": time.time() - t0,
             "threads": threads,
             "num_workers": run.data.num_workers,
+            "world_size": trainer.world_size,
+            "stopped_by": _stopped_by(stopped_by, trainer, es, run),
+            "mfu": module.mfu(module.tokens_per_sec),
             **task.summary(),
         }
-        summary.update(task.on_fit_end(run_dir) or {})
-        if trainer.is_global_zero:  # one writer of the run's records
+        if zero:  # one writer of the run's records (probe.json, plots, summary.json)
+            summary.update(task.on_fit_end(run_dir) or {})
             _write_json(run_dir / "summary.json", summary)
         ent = summary.get("val_byte_unigram_entropy")
         log(f"done: step {summary['step']}, val bits/byte {summary['val_bpb']:.4f}"
@@ -228,6 +253,45 @@ def _fit(run, run_dir, ckpt_dir, config, ckpt_path, task_state, log, callbacks, 
                 print(f"warning: W&B finish failed ({type(e).__name__}: {e})")
 
 
+def _silent(*_args, **_kwargs) -> None:
+    pass
+
+
+def _hydra_choices() -> dict | None:
+    """Hydra's group choices (``model: micro``) when running under Hydra; None otherwise (then the
+    start block names each group from its config's ``name``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - a description must never stop a run
+        return None
+
+
+def _stopped_by(stopped_by, trainer, es, run) -> str:
+    """``stopped_by`` (progress.py) plus max_time: a fit that ended before max_steps with no other
+    cause ran out of its wall-clock budget (Lightning's Timer stops it)."""
+    why = stopped_by(trainer, es)
+    if why == "max_steps" and run.trainer.max_time and trainer.global_step < run.trainer.max_steps:
+        return "max_time"
+    return why
+
+
+def _finished_early(run_dir: Path, step: int, resume) -> dict | None:
+    """The summary of a run that already ended by early stopping or max_time at ``step`` (rerun with
+    resume=auto): training it on would undo the decision to stop."""
+    path = run_dir / "summary.json"
+    if str(resume) not in ("auto", "", "none", "None") or not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("stopped_by") in ("early_stop", "max_time") and summary.get("step") == step:
+        return summary
+    return None
+
+
 # Keys that may differ between a checkpoint and the run resuming it (fnmatch patterns): they change
 # when and how the run is observed, stored or stopped, not what a step computes. Everything else
 # (model, attention, pos, tokenizer, data incl. num_workers, task, optim, seed, trainer.precision...)
@@ -237,8 +301,8 @@ RESUME_MAY_DIFFER = (
     "trainer.max_steps", "trainer.val_every", "trainer.log_every", "trainer.keep_last",
     "trainer.limit_val_batches", "trainer.num_threads", "trainer.progress_bar", "trainer.entropy_baseline",
     "trainer.early_stop.*", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
-    "trainer.deterministic", "logger.*", "probe.*", "run_name", "sweep_name", "out_dir", "run_dir", "resume",
-    "cache_dir",
+    "trainer.deterministic", "trainer.max_time", "trainer.compile", "trainer.compile_backend",
+    "logger.*", "probe.*", "run_name", "sweep_name", "out_dir", "run_dir", "resume", "cache_dir",
 )
 
 
