@@ -187,9 +187,9 @@ class TrainerConfig:
 
     def check(self, run: RunConfig) -> list[str]:
         p = []
-        if self.precision not in PRECISIONS:
+        if str(self.precision) not in PRECISIONS:
             p.append(f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}"
-                     + did_you_mean(self.precision, PRECISIONS))
+                     + did_you_mean(self.precision, PRECISIONS, "trainer.precision="))
         elif self.accelerator == "cpu" and self.precision in ("16-mixed", "16-true"):
             p.append(f"trainer.precision={self.precision} is not supported on CPU: use bf16-mixed")
         if self.strategy.startswith("fsdp") and self.accelerator == "cpu":
@@ -209,9 +209,6 @@ class TrainerConfig:
             p.append(f"trainer.log_every={self.log_every} must be positive")
         # Lightning's own names (tests/test_reliability.py checks they stay valid), checked here so a
         # typo fails before any data or model work instead of inside Trainer(...)
-        if str(self.precision) not in PRECISIONS:
-            p.append(f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}"
-                     f"{did_you_mean(self.precision, PRECISIONS, 'trainer.precision=')}")
         if self.accelerator not in ACCELERATORS:
             p.append(f"trainer.accelerator={self.accelerator!r} is not one of {', '.join(ACCELERATORS)}"
                      f"{did_you_mean(self.accelerator, ACCELERATORS, 'trainer.accelerator=')}")
@@ -238,10 +235,8 @@ class TrainerConfig:
         return p
 
 
-# Valid Lightning values (lightning 2.6: fabric.connector._PRECISION_INPUT_STR, AcceleratorRegistry,
-# StrategyRegistry); tests/test_reliability.py asserts each is accepted by the installed Lightning.
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
-              "transformer-engine", "transformer-engine-float16", "32", "16", "bf16", "64")
+# Valid Lightning values (lightning 2.6: AcceleratorRegistry, StrategyRegistry; PRECISIONS above);
+# tests/test_reliability.py asserts each is accepted by the installed Lightning.
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
               "ddp_find_unused_parameters_false", "fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_1",

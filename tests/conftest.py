@@ -42,3 +42,21 @@ TINY = [
 def tiny_overrides(tmp_path, cache_dir):
     """Overrides for a tiny end-to-end run in tmp_path (outputs) sharing the session cache."""
     return TINY + [f"out_dir={tmp_path}", f"cache_dir={cache_dir}"]
+
+
+# A simulated kill -9 for exact-resume tests: the run raises at the start of a step, after the
+# checkpoints of the previous steps were written (shared by test_train, test_reliability, ...).
+import lightning as L  # noqa: E402
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash(f"simulated kill at step {self.step}")

@@ -4,24 +4,11 @@ checkpoint (no re-packing of consumed batches) and trains bit for bit like an un
 import csv
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from conftest import Crash, CrashAt  # noqa: E402  (one definition, tests/conftest.py)
 
 from lmlab.train.run import train
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(L.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise Crash(f"simulated kill at step {self.step}")
 
 
 def losses(run_dir):

@@ -69,8 +69,13 @@ def test_top_level_keys_equal_the_run_config():
     assert default_choices["model"] == "micro" and default_choices["trainer"] == "cpu"
 
 
-def test_gpu_and_ddp_trainers_state_only_their_differences(compose):
+def test_gpu_and_ddp_trainers_state_only_their_differences(compose, monkeypatch):
+    import torch
+
     cpu = compose([]).trainer
+    # composing trainer=gpu checks for a GPU (a config error on a CPU machine): pretend there are 8
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     for name, diff in (("gpu", {"accelerator", "precision", "max_steps", "val_every"}),
                        ("ddp", {"accelerator", "precision", "max_steps", "val_every", "devices", "strategy"})):
         data = yaml.safe_load((CONF / "trainer" / f"{name}.yaml").read_text())

@@ -73,17 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 quiet = lambda *_: None  # noqa: E731
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAt(L.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise Crash(f"simulated kill at step {self.step}")
+from conftest import Crash, CrashAt  # noqa: E402  (one definition, tests/conftest.py)
 
 
 class SignalAt(L.Callback):

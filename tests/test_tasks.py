@@ -124,17 +124,7 @@ def test_digits_stream_with_two_workers_sees_each_example_once_per_epoch(compose
     assert _stream_indices(compose, tmp_path, 2, 5, start=3) == two[3:8]  # resume mid-epoch
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAt(L.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise Crash(f"simulated kill at step {self.step}")
+from conftest import Crash, CrashAt  # noqa: E402  (one definition, tests/conftest.py)
 
 
 @pytest.mark.slow

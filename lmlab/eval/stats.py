@@ -36,7 +36,7 @@ import numpy as np
 IDENTITY = (
     "run_name", "run_dir", "sweep_name", "out_dir", "cache_dir", "resume", "extra",
     "trainer.progress_bar", "trainer.num_threads", "trainer.log_every", "trainer.keep_last",
-    "trainer.entropy_baseline", "logger", "logger.*",
+    "trainer.entropy_baseline", "trainer.compile", "trainer.compile_backend", "logger", "logger.*",
 )
 SEED = "seed"
 MISSING = None

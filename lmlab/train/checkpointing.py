@@ -151,6 +151,7 @@ class CheckpointWriter(L.Callback):
         self.every, self.keep_last, self._log = every, keep_last, log
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._seen: int | None = None  # the optimizer step of the last step boundary handled
 
     @property
     def requested(self) -> bool:
@@ -158,6 +159,7 @@ class CheckpointWriter(L.Callback):
 
     # ------------------------------------------------------------------ signals
     def on_train_start(self, trainer, pl_module):
+        self._seen = trainer.global_step  # a resumed run's step is already on disk
         for s in self.SIGNALS:
             try:
                 self._previous[s] = signal.signal(s, self._handler)
@@ -181,6 +183,9 @@ class CheckpointWriter(L.Callback):
     # ------------------------------------------------------------------ writing
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        if step == self._seen:  # a micro-batch of gradient accumulation: no optimizer step, no boundary
+            return
+        self._seen = step
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             self.signum = self.signum or signal.SIGTERM  # another rank was asked to stop
         if step % self.every == 0:
