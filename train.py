@@ -113,5 +113,14 @@ def report_failed_jobs() -> int:
 
 if __name__ == "__main__":
     sys.argv = prepare_argv(sys.argv)  # resume= paths with '=' and ',' unquoted; sweep folder names
+    if any(a in ("-h", "--help", "--cfg", "--info") or a.startswith("--cfg") for a in sys.argv[1:]):
+        main()  # Hydra's own flags
+        sys.exit(0)
+    from lmlab.config import check_override_keys
+
+    problem = check_override_keys(sys.argv[1:])  # Hydra would advise '+key=', which lmlab then refuses
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     main()
     sys.exit(report_failed_jobs())

@@ -671,6 +671,38 @@ def prepare_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def check_override_keys(argv: list[str]) -> Optional[str]:
+    """One message for a ``key=value`` override whose key does not exist, naming the closest keys, or None.
+
+    Hydra refuses such a key itself, before lmlab's validation runs, and advises ``+key=value``, which
+    only moves the error (lmlab then refuses the unknown key). train.py calls this first. Swept values
+    (``a=1,2``) and prefixed overrides (``+``, ``++``, ``~``) are left to Hydra and to validation."""
+    from hydra.errors import ConfigCompositionException
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    plain = [a for a in overrides if not re.search(r"[,(\[]", a.split("=", 1)[1]) or a.startswith("resume=")]
+    try:
+        compose(plain, validate=False)
+        return None
+    except ConfigCompositionException as e:
+        m = re.search(r"Could not override '([^']+)'", str(e))
+        if not m:
+            return None  # another composition problem: Hydra's own message says it
+    key = m.group(1)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        cfg = compose([a for a in plain if a.split("=", 1)[0] != key], validate=False)
+        node = cfg
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        siblings = list(node.keys())
+    except Exception:  # noqa: BLE001 - the suggestion is a courtesy; the refusal stands without it
+        siblings = []
+    where = f"{parent}." if parent else ""
+    return (f"invalid config (1 problem):\n  - {key}: unknown key{did_you_mean(leaf, siblings, where)}"
+            + (f" (allowed: {', '.join(sorted(map(str, siblings)))})" if siblings else ""))
+
+
 def resume_target(resume: Any, out_dir: str) -> Any:
     """``resume=`` as given -> what ``resolve_resume`` takes: auto/true/false and checkpoint files
     unchanged; a run directory (``outputs/NAME``) or a run name under ``out_dir`` (``NAME``) becomes

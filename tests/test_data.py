@@ -35,6 +35,17 @@ def test_all_empty_corpus_fails_fast(tmp_path):
         load_text([tmp_path / "b.txt"])
 
 
+def test_one_file_is_one_document_and_the_error_says_how_to_split_it(compose, tmp_path):
+    from lmlab.data.corpus import load_corpus
+
+    (tmp_path / "one.txt").write_text("First paragraph.\n\nSecond paragraph.\n\nThird.\n")
+    base = ["data=text", f"data.paths=[{tmp_path / 'one.txt'}]", f"cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(DataError, match="got 1; one file is one document: data.split=paragraph"):
+        load_corpus(compose(base))
+    corpus = load_corpus(compose(base + ["data.split=paragraph", "data.min_chars=1"]))
+    assert len(corpus.train) + len(corpus.val) == 3
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DataError, match="data file not found: .*nope.txt"):
         load_text([tmp_path / "nope.txt"])

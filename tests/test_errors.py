@@ -56,3 +56,14 @@ def test_an_lmlab_error_is_one_clean_message(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "task=lm cannot train data=digits" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_misspelled_key_names_the_closest_ones_not_hydras_plus_advice(tmp_path):
+    """Hydra refuses `trainer.max_step=10` before lmlab validates, advising `+trainer.max_step` (which
+    lmlab would then refuse): train.py answers first, naming the key and the closest valid ones."""
+    r = subprocess.run([sys.executable, "train.py", "trainer.max_step=10", "attention=mla", f"out_dir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "trainer.max_step: unknown key (did you mean `trainer.max_steps`" in r.stderr
+    assert "+trainer.max_step" not in r.stderr and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written

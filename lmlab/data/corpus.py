@@ -40,7 +40,9 @@ def load_corpus(run) -> Corpus:
     ds = source.load(cache_dir(run))
     n = len(ds)
     if n < 2:
-        raise DataError(f"data.name={run.data.name}: need at least 2 documents for a train/val split, got {n}")
+        hint = ("; one file is one document: data.split=paragraph makes each paragraph one"
+                if getattr(run.data, "split", None) == "file" else "")
+        raise DataError(f"data.name={run.data.name}: need at least 2 documents for a train/val split, got {n}{hint}")
     n_val = max(1, round(n * run.data.val_fraction))
     # index lists in memory: a memory-mapped dataset's own files are neither copied nor written next to
     split = ds.train_test_split(test_size=n_val, seed=run.data.val_seed, shuffle=True, keep_in_memory=True)
