@@ -36,12 +36,12 @@ def test_threads_per_job_divides_the_cores():
     assert threads_per_job(launcher(basic), cores=8) is None
 
 
-def sweep(tiny_overrides, tmp_path, launcher_args, timeout=600):
-    drop = ("trainer.max_steps", "trainer.val_every")
+def sweep(tiny_overrides, tmp_path, launcher_args, timeout=600, workers=0):
+    drop = ("trainer.max_steps", "trainer.val_every", "data.num_workers")
     args = [a for a in tiny_overrides if not a.startswith(drop)]
     r = subprocess.run(
         [sys.executable, "train.py", "-m", *launcher_args, "attention=mha,gqa", "trainer.max_steps=3",
-         "trainer.val_every=3", "sweep_name=sw", *args],
+         "trainer.val_every=3", "sweep_name=sw", f"data.num_workers={workers}", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -56,7 +56,9 @@ def sweep(tiny_overrides, tmp_path, launcher_args, timeout=600):
 @pytest.mark.slow
 def test_two_job_sweep_through_joblib_shares_the_cores(tiny_overrides, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the [launchers] extra")
-    r, configs = sweep(tiny_overrides, tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    # with a tokenizer worker: inside a joblib (loky) job the DataLoader must start its worker (it did not
+    # before lmlab named the "fork" context: loky's launcher cannot start torch's worker processes)
+    r, configs = sweep(tiny_overrides, tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], workers=1)
     expected = max(1, available_cores() // 2)
     assert [c["trainer"]["num_threads"] for c in configs] == [expected, expected]
 

@@ -207,6 +207,18 @@ def byte_lengths(tokenizer) -> torch.Tensor:
     return torch.tensor([len(b) for b in tokenizer.bytes_table()], dtype=torch.long)
 
 
+def worker_context(num_workers: int):
+    """The multiprocessing context of DataLoader workers: "fork" where the platform has it, named
+    explicitly. Left to the default, a DataLoader inside a joblib (loky) sweep job inherits loky's
+    context, whose process launcher cannot start torch's workers ('Process' object has no attribute
+    'env'); fork is what Linux used by default anyway, so nothing else changes."""
+    import multiprocessing as mp
+
+    if num_workers <= 0 or "fork" not in mp.get_all_start_methods():
+        return None
+    return mp.get_context("fork")
+
+
 def worker_init(_worker_id: int) -> None:
     # A tokenizer worker must not compete with the trainer's intra-op threads (README: threads)
     torch.set_num_threads(1)

@@ -99,9 +99,12 @@ class DigitsDataModule(L.LightningDataModule):
                                   d.train_templates, d.understand_frac, start_batch=self.start_batch)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.train_stream(), batch_size=None,
-                                           num_workers=self.run.data.num_workers,
-                                           generator=_private_generator(self.run.seed))
+        from lmlab.data.pipeline import worker_context
+
+        nw = self.run.data.num_workers
+        return torch.utils.data.DataLoader(self.train_stream(), batch_size=None, num_workers=nw,
+                                           generator=_private_generator(self.run.seed),
+                                           multiprocessing_context=worker_context(nw))
 
     def val_dataloader(self):
         return torch.utils.data.DataLoader(self.val, batch_size=None, generator=_private_generator(0))

@@ -21,7 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from lmlab.data.corpus import build_tokenizer, load_corpus
-from lmlab.data.pipeline import PackedTrainStream, StreamingTrainStream, byte_lengths, pack_eval, worker_init
+from lmlab.data.pipeline import (
+    PackedTrainStream,
+    StreamingTrainStream,
+    byte_lengths,
+    pack_eval,
+    worker_context,
+    worker_init,
+)
 from lmlab.data.sources.base import DataError
 
 
@@ -172,7 +179,7 @@ class TextDataModule(L.LightningDataModule):
         nw = run.data.num_workers
         return DataLoader(
             stream, batch_size=None, num_workers=nw, worker_init_fn=worker_init if nw else None,
-            persistent_workers=False, prefetch_factor=4 if nw else None,
+            persistent_workers=False, prefetch_factor=4 if nw else None, multiprocessing_context=worker_context(nw),
         )
 
     def val_dataloader(self) -> DataLoader:
