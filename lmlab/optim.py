@@ -5,8 +5,8 @@
 
 Design choices:
 - ``optim.name=adamw``: one ``torch.optim.AdamW`` with two groups, weight decay on tensors of two or
-  more dimensions and none on gains and biases -- the same optimizer, groups and schedule as
-  ``lmlab.train.module.adamw_with_schedule`` (tests/test_recipe.py compares them step by step).
+  more dimensions and none on gains and biases -- the same optimizer, groups and schedule lmlab built
+  before this module (tests/test_recipe.py keeps that builder as a reference and compares step by step).
 - ``optim.name=muon``: ``torch.optim.Muon`` (Jordan et al. 2024, in torch) for the *hidden* weight
   matrices, AdamW for everything else. Hidden means: a 2-D tensor named ``*.weight`` inside a decoder
   block (a name with a ``blocks`` component, e.g. ``blocks.0.attn.q_proj.weight``). Embeddings

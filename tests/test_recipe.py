@@ -165,7 +165,7 @@ def test_muon_state_round_trip_gives_identical_next_steps(compose):
 def test_muon_crash_and_resume_through_lightning_is_bit_for_bit(compose, tiny_overrides, monkeypatch):
     """The lead switches LMModule to build_optimizer; here a test patch does it, so Lightning saves and
     restores the Combined optimizer through its own checkpoint code."""
-    from lmlab.train.module import LMModule
+    from lmlab.tasks.lm import LMModule
     from lmlab.train.run import train
     from tests.test_train import Crash, CrashAt, losses
 

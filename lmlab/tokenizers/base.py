@@ -78,7 +78,13 @@ class Tokenizer:
 
     @classmethod
     def from_model_bytes(cls, data: bytes, cfg) -> Tokenizer:
-        raise NotImplementedError
+        """This tokenizer rebuilt from ``model_bytes()`` without its file. The default serves tokenizers
+        backed by one model file, loaded by ``_load(bytes)`` (SentencePiece, unigram, BytePiece)."""
+        tok = cls.__new__(cls)
+        tok.cfg = cfg
+        tok.model_path = getattr(cfg, "model_path", None) or "(model bytes from a checkpoint)"
+        tok._load(data)
+        return tok
 
     def content_hash(self) -> str:
         """sha256 of the model bytes this tokenizer encodes with (checkpoints record it; resume compares)."""

@@ -137,14 +137,6 @@ class BytePieceTokenizer(Tokenizer):
         return self._raw
 
     @classmethod
-    def from_model_bytes(cls, data: bytes, cfg) -> BytePieceTokenizer:
-        tok = cls.__new__(cls)
-        tok.cfg = cfg
-        tok.model_path = cfg.model_path or "(model bytes from a checkpoint)"
-        tok._load(data)
-        return tok
-
-    @classmethod
     def build(cls, cfg: BytePieceConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):
         if not cfg.model_path:
             raise ValueError("tokenizer=bytepiece needs tokenizer.model_path (training is not implemented)")

