@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")  # the [hf] extra; CI installs it through [dev]
+import transformers  # noqa: E402  (the [hf] extra, in [dev]: a missing install fails, never skips)
 
 from lmlab.config import build_config, to_dict  # noqa: E402
 from lmlab.eval.generate import generate  # noqa: E402

@@ -55,7 +55,7 @@ def sweep(tiny_overrides, tmp_path, launcher_args, timeout=600, workers=0):
 
 @pytest.mark.slow
 def test_two_job_sweep_through_joblib_shares_the_cores(tiny_overrides, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the [launchers] extra")
+    import hydra_plugins.hydra_joblib_launcher  # noqa: F401  (the [launchers] extra; .ci/run installs it)
     # with a tokenizer worker: inside a joblib (loky) job the DataLoader must start its worker (it did not
     # before lmlab named the "fork" context: loky's launcher cannot start torch's worker processes)
     r, configs = sweep(tiny_overrides, tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], workers=1)
@@ -65,7 +65,7 @@ def test_two_job_sweep_through_joblib_shares_the_cores(tiny_overrides, tmp_path)
 
 @pytest.mark.slow
 def test_two_job_sweep_through_submitit_local(tiny_overrides, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the [launchers] extra")
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (the [launchers] extra)
     _, configs = sweep(tiny_overrides, tmp_path, ["hydra/launcher=submitit_local"])
     assert [c["trainer"]["num_threads"] for c in configs] == [1, 1]  # cpus_per_task=1 in the yaml
     assert list((tmp_path / "sw" / ".submitit").iterdir())  # submitit really ran the jobs

@@ -41,10 +41,6 @@ def test_learned_table_too_short_for_the_sequence(compose):
 
 
 def test_rotary_positions_on_quantized_keys_are_refused(compose):
-    from lmlab.registry import ATTENTION
-
-    if "vq" not in ATTENTION:
-        pytest.skip("attention=vq not available")
     ps = problems(compose, "attention=vq", "pos=rope2d")
     assert any("vq" in p and "pos.name=rope2d" in p for p in ps)
 
