@@ -115,7 +115,7 @@ def test_summary_has_mfu_against_a_known_peak_and_none_otherwise(compose, tiny_o
     run = compose(tiny_overrides + ["run_name=nopeak"])
     monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true", cache_dir="": None)
     assert train(run, log=quiet)["mfu"] is None
-    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true", cache_dir="": 1e9)
+    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true", cache_dir="": 1e13)
     run = compose(tiny_overrides + ["run_name=peak"])
     s = train(run, log=quiet)
     from lmlab.model.transformer import Transformer
@@ -125,7 +125,7 @@ def test_summary_has_mfu_against_a_known_peak_and_none_otherwise(compose, tiny_o
     model = loaded.model if hasattr(loaded, "model") else loaded[0]
     assert isinstance(model, Transformer)
     # 3 x forward FLOPs per token x tokens/s per device / peak
-    assert s["mfu"] == pytest.approx(3 * model.flops_per_token() * s["tokens_per_sec"] / 1e9, rel=1e-9)
+    assert s["mfu"] == pytest.approx(3 * model.flops_per_token() * s["tokens_per_sec"] / 1e13, rel=1e-9)
     import csv
 
     with open(_dir(run) / "metrics.csv") as f:
@@ -171,3 +171,20 @@ def test_bf16_mixed_trains_on_cpu_with_float32_weights(compose, tiny_overrides):
     w = read_checkpoint(_dir(run) / "checkpoints" / "last.ckpt")["state_dict"]
     # autocast computes in bf16; the weights (and the optimizer's updates) stay float32
     assert all(v.dtype == torch.float32 for k, v in w.items() if v.is_floating_point())
+
+
+def test_mfu_above_one_is_not_recorded_and_names_the_peak_file(compose, tiny_overrides, monkeypatch, tmp_path):
+    """A peak below what the run achieved (measured on a busy machine) would record MFU > 1: the summary
+    and metrics say unknown instead, and one warning names the cache file to re-measure."""
+    import lmlab.train.mfu as mfu
+
+    monkeypatch.setattr(mfu, "peak_flops", lambda device, precision="32-true", cache_dir="": 1.0)
+    run = compose(tiny_overrides + ["run_name=lowpeak", f"cache_dir={tmp_path}"])
+    with pytest.warns(UserWarning, match=r"MFU not reported.*peak_flops\.json.*scripts/bench/peak\.py") as rec:
+        s = train(run, log=quiet)
+    assert s["mfu"] is None
+    assert sum("MFU not reported" in str(w.message) for w in rec) == 1
+    import csv
+
+    with open(_dir(run) / "metrics.csv") as f:
+        assert not [r for r in csv.DictReader(f) if r.get("train/mfu")]

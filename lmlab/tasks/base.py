@@ -43,6 +43,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lmlab.errors import NonFiniteError, ResumeError
 
@@ -201,6 +202,7 @@ class TaskModule(L.LightningModule):
     # ---------------------------------------------------------------- model FLOPs utilisation
     _peak: Optional[float] = None
     _peak_known = False
+    _peak_warned = False
 
     def mfu(self, tokens_per_sec: float) -> Optional[float]:
         """Model FLOPs utilisation of this device: ``lmlab.model.flops.flops_per_token`` (3 x the forward
@@ -214,7 +216,21 @@ class TaskModule(L.LightningModule):
             self._peak_known = True
         if not hasattr(self.model, "flops_per_token") or not math.isfinite(tokens_per_sec):
             return None
-        return mfu(flops_per_token(self.model), tokens_per_sec, self._peak)
+        value = mfu(flops_per_token(self.model), tokens_per_sec, self._peak)
+        if value is not None and value > 1.0:
+            # More than the peak is impossible: the peak is understated (a CPU peak measured on a busy
+            # machine). A record must not show it, so MFU is unknown and the user is told where to fix it.
+            if not self._peak_warned:
+                self._peak_warned = True
+                from lmlab.model.flops import PEAK_FILE, cache_root
+
+                where = (str(cache_root(self.run.cache_dir) / PEAK_FILE) if self.device.type == "cpu"
+                         else "lmlab.model.flops's GPU table")
+                rank_zero_warn(f"MFU not reported: the achieved {value * self._peak / 1e9:.1f} GFLOP/s exceed the "
+                               f"peak of {self._peak / 1e9:.1f} GFLOP/s in {where}; re-measure it on an idle "
+                               f"machine: python scripts/bench/peak.py")
+            return None
+        return value
 
     # ---------------------------------------------------------------- distributed sums
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
