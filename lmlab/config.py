@@ -706,7 +706,9 @@ def check_override_keys(argv: list[str]) -> Optional[str]:
 def resume_target(resume: Any, out_dir: str) -> Any:
     """``resume=`` as given -> what ``resolve_resume`` takes: auto/true/false and checkpoint files
     unchanged; a run directory (``outputs/NAME``) or a run name under ``out_dir`` (``NAME``) becomes
-    its ``checkpoints/last.ckpt``. Anything else is returned unchanged (resolve_resume names it)."""
+    its checkpoint folder, where ``resolve_resume`` takes the newest *loadable* checkpoint (as
+    ``resume=auto`` does: a damaged last.ckpt is skipped and named). Anything else is returned
+    unchanged (resolve_resume names it)."""
     from pathlib import Path
 
     if isinstance(resume, bool) or str(resume).lower() in ("auto", "true", "false", "yes", "no", "", "none"):
@@ -716,8 +718,7 @@ def resume_target(resume: Any, out_dir: str) -> Any:
         return str(p)
     for d in (p, Path(out_dir) / p):
         if d.is_dir():
-            ckpt = d / "checkpoints" / "last.ckpt" if (d / "checkpoints").is_dir() else d / "last.ckpt"
-            return str(ckpt)
+            return str(d / "checkpoints" if (d / "checkpoints").is_dir() else d)
     return resume
 
 

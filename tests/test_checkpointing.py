@@ -54,3 +54,22 @@ def test_resume_resolution(tmp_path):
     assert resolve_resume("auto", d) == str(d / "last.ckpt")
     assert resolve_resume(True, d) == str(d / "last.ckpt")
     assert resolve_resume(False, d) is None
+
+
+def test_resume_from_a_run_folder_takes_its_newest_loadable_checkpoint(tmp_path):
+    """resume=RUN_NAME (train.py turns it into the run's checkpoint folder) behaves like resume=auto on
+    that folder: a damaged last.ckpt is skipped and named, the newest loadable step file is taken."""
+    other = tmp_path / "other" / "checkpoints"
+    fake_ckpt(other / "step-4.ckpt", 4)
+    fake_ckpt(other / "step-6.ckpt", 6)
+    (other / "last.ckpt").write_bytes(b"truncated")
+    logs = []
+    assert resolve_resume(str(other), tmp_path / "mine", log=logs.append) == str(other / "step-6.ckpt")
+    assert len(logs) == 1 and str(other / "last.ckpt") in logs[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"resume={empty}: no checkpoint in it"):
+        resolve_resume(str(empty), tmp_path / "mine")
+    (empty / "last.ckpt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no loadable checkpoint in it"):
+        resolve_resume(str(empty), tmp_path / "mine", log=logs.append)

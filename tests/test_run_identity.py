@@ -126,8 +126,9 @@ def test_resume_target_accepts_run_names_and_dirs(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
     last = str(run / "checkpoints" / "last.ckpt")
-    assert resume_target("attention=mla,pos=rope2d", str(tmp_path)) == last
-    assert resume_target(str(run), "elsewhere") == last
+    folder = str(run / "checkpoints")  # resolve_resume takes its newest loadable checkpoint
+    assert resume_target("attention=mla,pos=rope2d", str(tmp_path)) == folder
+    assert resume_target(str(run), "elsewhere") == folder
     assert resume_target(last, "elsewhere") == last
     assert resume_target("auto", str(tmp_path)) == "auto" and resume_target(False, str(tmp_path)) is False
     assert resume_target("missing", str(tmp_path)) == "missing"  # resolve_resume names it

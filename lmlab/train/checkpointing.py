@@ -270,6 +270,11 @@ def resolve_resume(resume: str | bool, ckpt_dir: Path, log=print) -> str | None:
                 "resume=false starts this run over, or move the folder away"
             )
         return path
+    if Path(resume).is_dir():  # a run's checkpoint folder (resume=RUN_NAME): its newest loadable one
+        path, skipped = newest_checkpoint(Path(resume), log)
+        if path is None:
+            raise MissingCheckpointError(f"resume={resume}: no {'loadable ' if skipped else ''}checkpoint in it")
+        return path
     if not Path(resume).exists():
         raise MissingCheckpointError(f"resume={resume}: no such checkpoint file")
     return resume
