@@ -124,9 +124,6 @@ def main():
     settings = [(int(w), False) for w in args.workers.split(",")]
     if args.sample:
         settings += [(int(w), True) for w in args.workers.split(",")]
-    settings = [(int(w), False) for w in args.workers.split(",")]
-    if args.sample:
-        settings += [(int(w), True) for w in args.workers.split(",")]
     rows = []
     for n_threads in thread_counts:
         torch.set_num_threads(n_threads)
