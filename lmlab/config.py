@@ -517,7 +517,7 @@ def to_dict(run: RunConfig) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Run identity: run names, sweep names, resume targets (README: run directories).
+# Run identity: run names, sweep names, resume targets (docs/runs.md).
 # --------------------------------------------------------------------------------------------
 
 RUN_NAME_MAX = 120  # characters; longer names keep whole overrides up to ~100, then a count and a hash

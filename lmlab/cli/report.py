@@ -55,7 +55,7 @@ import yaml
 from lmlab.cli import UsageError, arg, parse
 from lmlab.eval import stats
 
-# kept out of the axes besides stats.IDENTITY: results do not depend on them (README: threads)
+# kept out of the axes besides stats.IDENTITY: results do not depend on them (docs/usage.md: threads and workers)
 BOOKKEEPING = stats.IDENTITY + ("data.num_workers",)
 CONT_METRICS = ("p_char", "p_word", "greedy_char", "greedy_word")
 X_AXES = {  # x= -> axis label

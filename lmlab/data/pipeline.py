@@ -220,7 +220,7 @@ def worker_context(num_workers: int):
 
 
 def worker_init(_worker_id: int) -> None:
-    # A tokenizer worker must not compete with the trainer's intra-op threads (README: threads)
+    # A tokenizer worker must not compete with the trainer's intra-op threads (docs/usage.md: threads and workers)
     torch.set_num_threads(1)
     try:
         import numba

@@ -27,7 +27,7 @@ and prints. A run that ended by early stopping or by ``trainer.max_time`` and is
 max_steps, max_time, early_stop) and its ``mfu`` (None when the device's peak is unknown; lmlab.train.mfu).
 
 Threads: the trainer process uses ``trainer.num_threads`` intra-op threads (default: every core);
-tokenizer workers use one each and mostly sleep on a full prefetch queue (README: threads).
+tokenizer workers use one each and mostly sleep on a full prefetch queue (docs/usage.md: threads and workers).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class DataError(LmlabError, ValueError):
 class DataConfig:
     name: str = "text"
     batch_size: int = 16
-    num_workers: int = 1  # tokenizer worker processes (see README: threads)
+    num_workers: int = 1  # tokenizer worker processes (see docs/usage.md: threads and workers)
     val_fraction: float = 0.05
     val_seed: int = 0  # the held-out split is fixed by this, not by the run seed
     min_chars: int = 1
