@@ -61,7 +61,10 @@ class ModelConfig:
     seq_len: int = 128
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    qk_norm: bool = False  # RMSNorm on each head's q and k before rotation (attention variants may refuse)
+    # RMSNorm on each head's q and k before rotation: true (refused by variants without per-head keys:
+    # mla, vq), false, or auto (on where the attention variant has per-head keys; resolved at start-up,
+    # so the saved config says true or false)
+    qk_norm: Union[bool, Literal["auto"]] = "auto"
     logit_softcap: Optional[float] = None  # logits -> c * tanh(logits / c); null: off
 
     def __post_init__(self):
@@ -91,12 +94,17 @@ class ModelConfig:
             p.append(f"model.logit_softcap={self.logit_softcap} must be positive or null (off)")
         return p
 
+    def resolve(self, run: RunConfig) -> None:
+        """qk_norm=auto -> true where the attention variant normalises per-head keys, else false."""
+        if self.qk_norm == "auto":
+            self.qk_norm = getattr(run.attention, "qk_norm_refusal", None) is None
+
 
 @dataclass
 class OptimConfig:
     """lmlab.optim: AdamW, or Muon for hidden matrices + AdamW for the rest; cosine or wsd schedule."""
 
-    name: Literal["adamw", "muon"] = "adamw"
+    name: Literal["adamw", "muon"] = "muon"
     lr: float = 3e-3  # AdamW's lr (with muon: embeddings, heads, gains, biases)
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])

@@ -75,7 +75,7 @@ def test_muon_lrs_and_hyperparameters(compose):
 
 
 def test_adamw_is_exactly_the_legacy_builder(compose):
-    run = compose(NANO + ["model.tie_embeddings=false", "trainer.max_steps=40", "optim.warmup_steps=7"])
+    run = compose(NANO + ["optim=adamw", "model.tie_embeddings=false", "trainer.max_steps=40", "optim.warmup_steps=7"])
     torch.manual_seed(0)
     m1 = build_model(run, 61)
     m2 = copy.deepcopy(m1)
@@ -346,3 +346,18 @@ def test_logit_softcap_formula(compose):
     assert raw.abs().max() > 3 * c
     torch.testing.assert_close(out, c * torch.tanh(raw / c), rtol=0, atol=1e-6)
     assert out.abs().max() <= c  # (tanh saturates to exactly 1 in float32)
+
+
+@pytest.mark.parametrize("attention,pos,on", [("mha", "rope", True), ("gqa", "rope", True), ("mqa", "alibi", True),
+                                              ("mla", "rope", False), ("vq", "none", False)])
+def test_qk_norm_auto_resolves_per_variant_and_the_saved_config_says_which(compose, attention, pos, on):
+    """The default recipe's qk_norm=auto: on where the variant has per-head keys, off (not refused) for
+    mla and vq; the validated config holds the boolean the model was built with, never 'auto'."""
+    run = compose([f"attention={attention}", f"pos={pos}", "model.d_model=32", "model.n_layer=1",
+                   "model.seq_len=16"])
+    assert run.model.qk_norm is on
+    names = {n for n, _ in build_model(run, 61).named_parameters()}
+    assert ("blocks.0.attn.q_norm.weight" in names) == on
+    assert compose(["model=micro", "model.qk_norm=false"]).model.qk_norm is False
+    from lmlab.config import to_dict
+    assert to_dict(run)["model"]["qk_norm"] is on

@@ -70,6 +70,7 @@ def config_from_hf(path: str) -> dict:
             "d_model": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": None,
             "mlp": act, "ffn_dim": cfg.n_inner or 4 * cfg.n_embd, "norm": "layernorm", "bias": True,
             "norm_eps": float(cfg.layer_norm_epsilon), "tie_embeddings": bool(cfg.tie_word_embeddings),
+            "qk_norm": False,  # explicit: the default (auto) would add per-head norms the peer lacks
         }
         return {"model": {**model, "init_from": str(path)}, "attention": {"name": "mha", "bias": True},
                 "pos": {"name": "learned", "max_len": cfg.n_positions}, "tokenizer": tok}
@@ -81,6 +82,7 @@ def config_from_hf(path: str) -> dict:
         "mlp": "swiglu", "ffn_dim": cfg.intermediate_size, "norm": "rmsnorm",
         "norm_eps": float(cfg.rms_norm_eps), "tie_embeddings": bool(cfg.tie_word_embeddings),
         "bias": bool(getattr(cfg, "mlp_bias", False)), "init_from": str(path),
+        "qk_norm": False,  # explicit: the default (auto) would add per-head norms the peer lacks
     }
     if mt == "deepseek_v3":
         if cfg.first_k_dense_replace < cfg.num_hidden_layers:

@@ -39,7 +39,7 @@ class AttentionConfig:
         p = []
         if self.impl not in kernels.IMPLS:
             p.append(f"attention.impl='{self.impl}' is not one of {', '.join(kernels.IMPLS)}")
-        if getattr(run.model, "qk_norm", False) and self.qk_norm_refusal:
+        if getattr(run.model, "qk_norm", False) is True and self.qk_norm_refusal:  # auto: resolved off
             p.append(f"model.qk_norm=true does not apply to attention.name={self.name}: {self.qk_norm_refusal}")
         return p
 
