@@ -49,7 +49,7 @@ WHITESPACE = "\u2581"
 @dataclass
 class SentencePieceConfig(TokenizerConfig):
     name: str = "sentencepiece"
-    vocab_size: int = 4096
+    vocab_size: int = 8192
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = 0.9995
     split_by_whitespace: bool = True  # false lets pieces span words ("import numpy as np")
