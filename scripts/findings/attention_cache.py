@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 AXIS = "attention.name"
 ORDER = ("mha", "mla", "gqa", "mqa", "vq")  # table order: the baseline, then by cache bytes per token
 BYTES = 4  # fp32
+COLORS = {"mha": "C0", "mla": "C1", "gqa": "C2", "mqa": "C3", "vq": "C4"}  # the same in both panels
 
 
 def model_figures(run) -> dict:
@@ -144,7 +145,7 @@ def plot(res: dict, decode: dict | None, path: Path) -> None:
     for v in res["variants"]:
         x = v["cache_bytes_per_token"]
         ax.errorbar([x], [v["mean"]], yerr=None if v["std"] is None else [[v["std"]], [v["std"]]],
-                    fmt="o", capsize=4, label=v["variant"])
+                    fmt="o", capsize=4, label=v["variant"], color=COLORS.get(v["variant"]))
         note = v["variant"] + (f" (state {v['state_bytes'] / 1024:.0f} KiB)" if v["state_bytes"] else "")
         ax.annotate(note, (x, v["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("KV cache per token, bytes (fp32, all layers)")
@@ -156,13 +157,13 @@ def plot(res: dict, decode: dict | None, path: Path) -> None:
         ax2 = axes[0][1]
         for name, by_ctx in decode["decode"].items():
             cs = sorted(by_ctx, key=int)
-            ax2.plot([int(c) for c in cs], [by_ctx[c]["tok_s"] for c in cs], "o-", label=name)
+            ax2.plot([int(c) for c in cs], [by_ctx[c]["tok_s"] for c in cs], "o-", label=name, color=COLORS.get(name))
         ax2.set_xscale("log", base=2)
         ax2.set_xlabel("context C (tokens already cached)")
         ax2.set_ylabel("decode tokens/s (one layer)")
         s = decode.get("settings", {})
-        ax2.set_title(f"decode speed, scripts/bench/attention.py (d_model {s.get('d_model')}, "
-                      f"{s.get('n_head')} heads, {s.get('threads')} thread, {s.get('device')})", fontsize=9)
+        ax2.set_title(f"decode, scripts/bench/attention.py: d_model {s.get('d_model')}, {s.get('n_head')} heads, "
+                      f"{s.get('threads')} thread(s), {s.get('device')}", fontsize=9)
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=8)
     fig.tight_layout()
