@@ -136,6 +136,17 @@ def test_qk_norm_gains_need_the_rope_permutation(compose):
         assert (hf(x).logits - model(x)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["qwen3-gqa-interleaved", "qwen3-mha-half-untied-bias"])
+def test_qwen3_state_round_trip_in_the_run_layout(name, compose):
+    """to_hf_state then from_hf_state with the same run is the identity (inverse permutation included)."""
+    run, model = _lmlab(compose, EXPORTS[name])
+    back = mapping.from_hf_state(mapping.to_hf_state(model, run, "qwen3"), run, "qwen3", run.model.n_layer)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("pos.") and ".attn.pos." not in k}
+    assert set(back) == set(own)
+    for k, v in own.items():
+        assert torch.equal(back[k], v), k
+
+
 def test_qwen3_config_has_no_sliding_window_and_shared_eps(compose):
     run, _ = _lmlab(compose, EXPORTS["qwen3-mha-half-untied-bias"])
     cfg = transformers.Qwen3Config(**mapping.hf_config_dict(run, V, "qwen3"))
