@@ -24,7 +24,8 @@ from lmlab.tokenizers.hf import HFTokenizer  # noqa: E402
 from lmlab.tokenizers.sentencepiece import SentencePieceConfig, SentencePieceTokenizer  # noqa: E402
 
 V = 64
-SMALL = ["model=nano", "model.d_model=32", "model.n_head=4", "model.n_layer=2", "model.seq_len=32"]
+# qk_norm pinned off: the Llama/DeepSeek/GPT-2 cases must not turn into Qwen3 if the default recipe changes
+SMALL = ["model=nano", "model.d_model=32", "model.n_head=4", "model.n_layer=2", "model.seq_len=32", "model.qk_norm=false"]
 STDLIB = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
 
 
@@ -46,6 +47,10 @@ EXPORTS = {
     "llama-gqa-interleaved": ["attention=gqa", "attention.n_kv_head=2"],
     "llama-mha-half-untied": ["attention=mha", "pos.layout=half", "model.tie_embeddings=false", "pos.base=500"],
     "llama-mqa-biases": ["attention=mqa", "attention.bias=true", "model.bias=true", "model.ffn_dim=40"],
+    "qwen3-gqa-interleaved": ["attention=gqa", "attention.n_kv_head=2", "model.qk_norm=true"],
+    "qwen3-mha-half-untied-bias": ["attention=mha", "pos.layout=half", "model.qk_norm=true", "model.tie_embeddings=false",
+                                   "attention.bias=true", "model.norm_eps=1e-6", "model.head_dim=12"],
+    "qwen3-mqa-interleaved": ["attention=mqa", "model.qk_norm=true", "pos.base=500"],
     "deepseek-mla-interleaved": ["attention=mla", "model.norm_eps=1e-6"],
     "deepseek-mla-qlora-half-bias": [
         "attention=mla", "model.norm_eps=1e-6", "attention.q_lora_rank=16", "pos.layout=half", "attention.bias=true",
@@ -54,7 +59,7 @@ EXPORTS = {
     "gpt2-biases": ["pos=learned", "model.norm=layernorm", "model.mlp=gelu_tanh", "model.bias=true", "attention.bias=true"],
     "gpt2-no-bias-untied": ["pos=learned", "model.norm=layernorm", "model.mlp=gelu_tanh", "model.tie_embeddings=false"],
 }
-FAMILY = {"llama": "LlamaForCausalLM", "deepseek": "DeepseekV3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+FAMILY = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "deepseek": "DeepseekV3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
 
 
 def _lmlab(compose, overrides, seed=0):
@@ -87,7 +92,8 @@ def test_interleaved_layout_needs_the_permutation(compose, monkeypatch):
         assert (hf(x).logits - model(x)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-interleaved", "deepseek-mla-interleaved", "gpt2-biases"])
+@pytest.mark.parametrize("name", ["llama-gqa-interleaved", "qwen3-gqa-interleaved", "deepseek-mla-interleaved",
+                                  "gpt2-biases"])
 def test_generate_greedy_equals_lmlab(name, compose):
     run, model = _lmlab(compose, EXPORTS[name], seed=5)
     hf = to_transformers(model, run, V, eos_id=V - 1)
@@ -99,6 +105,55 @@ def test_generate_greedy_equals_lmlab(name, compose):
     assert len(set(ours)) > 1  # a constant output would not test the KV caches
 
 
+@pytest.mark.parametrize("attn", [["attention=mha"], ["attention=gqa", "attention.n_kv_head=2"], ["attention=mqa"]])
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+def test_qk_norm_model_is_never_exported_as_llama(attn, layout, compose):
+    """The bug: family() ignored model.qk_norm and wrote a Llama without the q/k norms."""
+    run, model = _lmlab(compose, attn + [f"pos.layout={layout}", "model.qk_norm=true"])
+    assert mapping.family(run) == "qwen3"
+    hf = to_transformers(model, run, V)
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    x = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-5, rtol=0)
+        # negative control: the same weights as a Llama (what was exported before) compute another function
+        llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**mapping.hf_config_dict(run, V, "llama")))
+        missing, _ = llama.load_state_dict(mapping.to_hf_state(model, run, "qwen3"), strict=False)
+        assert not [k for k in missing if k != "lm_head.weight"]
+        llama.tie_weights()
+        assert (llama.eval()(x).logits - model(x)).abs().max() > 1e-3
+
+
+def test_qk_norm_gains_need_the_rope_permutation(compose):
+    """Negative control: with the interleaved layout, q/k norm gains left unpermuted give another function."""
+    run, model = _lmlab(compose, EXPORTS["qwen3-gqa-interleaved"])
+    hf = to_transformers(model, run, V)
+    x = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for hf_layer, b in zip(hf.model.layers, model.blocks):
+            hf_layer.self_attn.q_norm.weight.copy_(b.attn.q_norm.weight)
+            hf_layer.self_attn.k_norm.weight.copy_(b.attn.k_norm.weight)
+        assert (hf(x).logits - model(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["qwen3-gqa-interleaved", "qwen3-mha-half-untied-bias"])
+def test_qwen3_state_round_trip_in_the_run_layout(name, compose):
+    """to_hf_state then from_hf_state with the same run is the identity (inverse permutation included)."""
+    run, model = _lmlab(compose, EXPORTS[name])
+    back = mapping.from_hf_state(mapping.to_hf_state(model, run, "qwen3"), run, "qwen3", run.model.n_layer)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("pos.") and ".attn.pos." not in k}
+    assert set(back) == set(own)
+    for k, v in own.items():
+        assert torch.equal(back[k], v), k
+
+
+def test_qwen3_config_has_no_sliding_window_and_shared_eps(compose):
+    run, _ = _lmlab(compose, EXPORTS["qwen3-mha-half-untied-bias"])
+    cfg = transformers.Qwen3Config(**mapping.hf_config_dict(run, V, "qwen3"))
+    assert cfg.sliding_window is None and set(cfg.layer_types) == {"full_attention"}
+    assert cfg.rms_norm_eps == 1e-6 and cfg.head_dim == 12 and cfg.attention_bias and not cfg.tie_word_embeddings
+
+
 REFUSED = {
     "alibi": (["pos=alibi"], "pos.name=alibi"),
     "rope2d": (["pos=rope2d"], "pos.name=rope2d"),
@@ -108,6 +163,15 @@ REFUSED = {
     "mla-eps": (["attention=mla"], "model.norm_eps=1e-05"),
     "learned-rmsnorm": (["pos=learned"], "model.norm=rmsnorm"),
     "learned-gqa": (["pos=learned", "attention=gqa", "model.norm=layernorm"], "attention.name=gqa"),
+    "qk_norm-learned": (["pos=learned", "model.norm=layernorm", "model.mlp=gelu_tanh", "model.qk_norm=true"],
+                        "model.qk_norm"),
+    "qk_norm-alibi": (["pos=alibi", "model.qk_norm=true"], "model.qk_norm"),
+    "qk_norm-mlp-bias": (["model.qk_norm=true", "model.bias=true"], "model.bias=true"),
+    "softcap-llama": (["model.logit_softcap=30"], "model.logit_softcap=30"),
+    "softcap-qwen3": (["model.qk_norm=true", "model.logit_softcap=15"], "model.logit_softcap=15"),
+    "softcap-mla": (["attention=mla", "model.norm_eps=1e-6", "model.logit_softcap=30"], "model.logit_softcap"),
+    "softcap-gpt2": (["pos=learned", "model.norm=layernorm", "model.mlp=gelu_tanh", "model.logit_softcap=30"],
+                     "model.logit_softcap"),
 }
 
 
@@ -118,6 +182,15 @@ def test_export_refuses_naming_the_part(name, compose):
     with pytest.raises(InteropError) as e:
         mapping.family(run)
     assert part in str(e.value) and "\n" not in str(e.value)
+
+
+def test_export_refuses_qk_norm_with_mla(compose):
+    """Config validation refuses mla + qk_norm already; family() refuses it too if a run gets past it."""
+    run = compose(SMALL + ["attention=mla", "model.norm_eps=1e-6"])
+    assert mapping.family(run) == "deepseek_v3"
+    run.model.qk_norm = True
+    with pytest.raises(InteropError, match="model.qk_norm"):
+        mapping.family(run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +206,10 @@ def _hf_configs():
                                rope_theta=500.0),
         "qwen2": T.Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+        "qwen3": T.Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=12, attention_bias=True,
+                               rms_norm_eps=1e-6, tie_word_embeddings=False, rope_parameters={"rope_type": "default",
+                                                                                              "rope_theta": 500.0}),
         "gpt2": T.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64),
         "deepseek_v3": T.DeepseekV3Config(
             vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -150,11 +227,13 @@ def _save_random_hf(cfg, path) -> torch.nn.Module:
     return hf
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2", "deepseek_v3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gpt2", "deepseek_v3"])
 def test_import_logits_equal(kind, compose, tmp_path):
     hf = _save_random_hf(_hf_configs()[kind], tmp_path)
     overrides = [o for o in hydra_overrides(str(tmp_path)) if not o.startswith(("tokenizer", "model.init_from"))]
-    run = compose(overrides + ["model.seq_len=32"])
+    # a composed recipe (qk_norm on, a softcap) is overridden by the checkpoint's architecture
+    run = compose(["model.qk_norm=true", "model.logit_softcap=30"] + overrides + ["model.seq_len=32"])
+    assert run.model.qk_norm == (kind == "qwen3") and run.model.logit_softcap is None
     model = build_model(run, V).eval()
     load_hf_into(model, str(tmp_path))
     x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(2))
@@ -174,6 +253,9 @@ def test_import_refuses_what_does_not_map(tmp_path):
             hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=8,
             rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0,
                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        "use_sliding_window=True": transformers.Qwen3Config(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=8, head_dim=8,
+            use_sliding_window=True, sliding_window=16, max_window_layers=0),
         "model_type=mistral": transformers.MistralConfig(hidden_size=32, num_attention_heads=4,
                                                          num_hidden_layers=1, intermediate_size=8),
     }
@@ -256,8 +338,10 @@ def _fake_checkpoint(run, model, tokenizer, path: Path) -> None:
     save_weights_checkpoint(path, run, model, tokenizer)
 
 
-def test_export_checkpoint_end_to_end(compose, sp_tok, tmp_path):
-    run = compose(SMALL + ["attention=gqa", "attention.n_kv_head=2", f"tokenizer.vocab_size={sp_tok.vocab_size}"])
+@pytest.mark.parametrize("fam", ["llama", "qwen3"])
+def test_export_checkpoint_end_to_end(fam, compose, sp_tok, tmp_path):
+    run = compose(SMALL + ["attention=gqa", "attention.n_kv_head=2", f"tokenizer.vocab_size={sp_tok.vocab_size}",
+                           f"model.qk_norm={fam == 'qwen3'}"])
     model = build_model(run, sp_tok.vocab_size).eval()
     randomize(model)
     ckpt_dir = tmp_path / "run" / "checkpoints"
@@ -265,10 +349,11 @@ def test_export_checkpoint_end_to_end(compose, sp_tok, tmp_path):
     _fake_checkpoint(run, model, sp_tok, ckpt_dir / "last.ckpt")
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"step": 7, "val_bpb": 2.5}))
     out = tmp_path / "hf"
-    assert export(str(ckpt_dir / "last.ckpt"), str(out))["family"] == "llama"
+    assert export(str(ckpt_dir / "last.ckpt"), str(out))["family"] == fam
     card = (out / "README.md").read_text()
     assert "val_bpb = 2.5" in card and "steps: 7" in card
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert type(hf).__name__ == FAMILY[fam] and f"# {run.run_name}" in card and FAMILY[fam] in card
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     text = "def main(argv):\n    return 0\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -281,6 +366,7 @@ def test_export_checkpoint_end_to_end(compose, sp_tok, tmp_path):
 
     run2 = build_config(apply_init_from(OmegaConf.to_container(raw, resolve=True)))
     assert run2.tokenizer.path == str(out) and run2.pos.layout == "half"
+    assert run2.model.qk_norm == (fam == "qwen3")
     tok2 = HFTokenizer.build(run2.tokenizer, lambda: [], "")
     model2 = build_model(run2, tok2.vocab_size).eval()
     load_hf_into(model2, str(out))

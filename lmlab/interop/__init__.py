@@ -3,7 +3,7 @@
 (``lmlab.interop.imports``). See docs/interop.md.
 
 The conversion is a weight mapping, not new math: each supported lmlab configuration computes the
-same function as its peer architecture (Llama, Qwen2, DeepSeek-V3 dense, GPT-2); everything else is
+same function as its peer architecture (Llama, Qwen2, Qwen3, DeepSeek-V3 dense, GPT-2); everything else is
 refused with an ``InteropError`` naming the part no peer architecture has.
 """
 

@@ -3,8 +3,9 @@
 
 Guarantees (tests/test_interop.py, tiny random models, float32):
 - the exported model's logits equal lmlab's to 1e-5 for every supported family (Llama for
-  mha|gqa|mqa + rope in both layouts, DeepSeek-V3 dense for mla, GPT-2 for learned + layernorm +
-  gelu_tanh), tied or untied, and its greedy ``generate`` equals lmlab's;
+  mha|gqa|mqa + rope in both layouts, Qwen3 for the same with ``model.qk_norm``, DeepSeek-V3 dense
+  for mla, GPT-2 for learned + layernorm + gelu_tanh), tied or untied, and its greedy ``generate``
+  equals lmlab's;
 - every other configuration is refused before anything is written, naming the part no peer
   architecture has (``lmlab.interop.mapping.family``);
 - the tokenizer (SentencePiece unigram or BPE, byte fallback, identity normalisation, no dummy
@@ -30,7 +31,7 @@ import torch
 from lmlab.interop import InteropError
 from lmlab.interop.mapping import family, hf_config_dict, to_hf_state
 
-CONFIG_CLASSES = {"llama": "LlamaConfig", "deepseek_v3": "DeepseekV3Config", "gpt2": "GPT2Config"}
+CONFIG_CLASSES = {"llama": "LlamaConfig", "qwen3": "Qwen3Config", "deepseek_v3": "DeepseekV3Config", "gpt2": "GPT2Config"}
 
 
 def load_lmlab(ckpt_path: str):
@@ -148,7 +149,7 @@ def model_card(run, fam: str, run_dir: Path | None, steps: int | None) -> str:
     bpb = {k: v for k, v in summary.items() if "bpb" in k or "bits" in k}
     cfg = to_dict(run)
     data = cfg.get("data") or {}
-    arch = {"llama": "LlamaForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM", "gpt2": "GPT2LMHeadModel"}[fam]
+    arch = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM", "gpt2": "GPT2LMHeadModel"}[fam]
     lines = [
         "---", "library_name: transformers", "tags: [lmlab]", "---", "",
         f"# {run.run_name} (exported from lmlab)", "",

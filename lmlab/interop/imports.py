@@ -1,12 +1,13 @@
 """Start lmlab models from a local ``transformers`` checkpoint directory (``model.init_from=DIR``).
 
-Families: Llama, Qwen2, DeepSeek-V3 (dense layers only), GPT-2. No hub access: ``DIR`` is a local
-directory holding ``config.json`` and ``*.safetensors`` (or ``pytorch_model.bin``) weights.
+Families: Llama, Qwen2, Qwen3 (-> ``model.qk_norm=true``), DeepSeek-V3 (dense layers only), GPT-2.
+No hub access: ``DIR`` is a local directory holding ``config.json`` and ``*.safetensors`` (or
+``pytorch_model.bin``) weights.
 
 - ``config_from_hf(DIR)`` -> the lmlab config overrides (a nested dict over the ``model``,
   ``attention``, ``pos`` and ``tokenizer`` groups) describing the same architecture, or an
   ``InteropError`` naming what lmlab has no equivalent of (mixture-of-experts layers, RoPE frequency
-  scaling, sliding windows, DeepSeek-V3 with rms_norm_eps != 1e-6, ...).
+  scaling, sliding windows (Qwen2, Qwen3), DeepSeek-V3 with rms_norm_eps != 1e-6, ...).
 - ``apply_init_from(cfg)`` merges those overrides into a plain config dict whose ``model.init_from`` is
   set (the architecture keys of the checkpoint win over the composed ones); call it on Hydra's
   container before ``lmlab.config.build_config``.
@@ -30,7 +31,10 @@ import torch
 from lmlab.interop import InteropError
 from lmlab.interop.mapping import from_hf_state
 
-SUPPORTED = ("llama", "qwen2", "deepseek_v3", "gpt2")
+SUPPORTED = ("llama", "qwen2", "qwen3", "deepseek_v3", "gpt2")
+# every import sets these model keys, so a composed recipe (qk_norm=true, a softcap) never adds a
+# module or a transformation the checkpoint does not have
+_NO_RECIPE = {"qk_norm": False, "logit_softcap": None}
 
 
 def _hf_config(path: str):
@@ -70,7 +74,7 @@ def config_from_hf(path: str) -> dict:
             "d_model": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": None,
             "mlp": act, "ffn_dim": cfg.n_inner or 4 * cfg.n_embd, "norm": "layernorm", "bias": True,
             "norm_eps": float(cfg.layer_norm_epsilon), "tie_embeddings": bool(cfg.tie_word_embeddings),
-            "qk_norm": False,  # explicit: the default (auto) would add per-head norms the peer lacks
+            **_NO_RECIPE,
         }
         return {"model": {**model, "init_from": str(path)}, "attention": {"name": "mha", "bias": True},
                 "pos": {"name": "learned", "max_len": cfg.n_positions}, "tokenizer": tok}
@@ -81,8 +85,7 @@ def config_from_hf(path: str) -> dict:
         "d_model": cfg.hidden_size, "n_layer": cfg.num_hidden_layers, "n_head": cfg.num_attention_heads,
         "mlp": "swiglu", "ffn_dim": cfg.intermediate_size, "norm": "rmsnorm",
         "norm_eps": float(cfg.rms_norm_eps), "tie_embeddings": bool(cfg.tie_word_embeddings),
-        "bias": bool(getattr(cfg, "mlp_bias", False)), "init_from": str(path),
-        "qk_norm": False,  # explicit: the default (auto) would add per-head norms the peer lacks
+        "bias": bool(getattr(cfg, "mlp_bias", False)), "init_from": str(path), **_NO_RECIPE,
     }
     if mt == "deepseek_v3":
         if cfg.first_k_dense_replace < cfg.num_hidden_layers:
@@ -107,6 +110,15 @@ def config_from_hf(path: str) -> dict:
         if getattr(cfg, "use_sliding_window", False):
             raise InteropError(f"{path}: use_sliding_window=true: lmlab attention has no sliding window")
         attn_bias = True  # q/k/v biases; o has none, which lmlab holds as a zero o_proj bias
+    elif mt == "qwen3":
+        types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+        if getattr(cfg, "use_sliding_window", False) or types != {"full_attention"}:
+            raise InteropError(
+                f"{path}: use_sliding_window={cfg.use_sliding_window} (layer_types {sorted(types)}): lmlab"
+                " attention has no sliding window"
+            )
+        attn_bias = bool(cfg.attention_bias)
+        model["qk_norm"] = True  # q_norm/k_norm: RMSNorm(head_dim) before RoPE, eps rms_norm_eps
     else:
         attn_bias = bool(cfg.attention_bias)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -177,7 +189,7 @@ def load_hf_into(model, path: str) -> None:
     """
     cfg = _hf_config(path)
     fam = {"qwen2": "llama"}.get(cfg.model_type, cfg.model_type)
-    if fam not in ("llama", "deepseek_v3", "gpt2"):
+    if fam not in ("llama", "qwen3", "deepseek_v3", "gpt2"):
         raise InteropError(f"{path}: model_type={cfg.model_type} has no lmlab equivalent")
     view = SimpleNamespace(model=model.cfg, attention=model.blocks[0].attn.cfg, pos=model.pos.cfg)
     hf = {k.removeprefix("_orig_mod."): v for k, v in _read_weights(path).items()}

@@ -5,13 +5,22 @@ Families (``family(run)``):
   biases map to Llama's ``attention_bias`` (q, k, v *and* o, like lmlab's ``attention.bias``), MLP
   biases to ``mlp_bias``. Qwen2 (q/k/v biases, none on o) is imported as this lmlab configuration
   with a zero o_proj bias; it is never the export target because Qwen2 cannot hold an o_proj bias.
+- ``qwen3``: the same with ``model.qk_norm=true`` (one RMSNorm gain over head_dim for all query heads,
+  one for keys, applied before RoPE, eps = ``model.norm_eps`` like the layer norms: Qwen3's
+  ``q_norm``/``k_norm``) and no MLP biases (Qwen3's MLP has none); ``attention_bias`` covers q, k, v
+  and o as in Llama. Written with no sliding window (every layer ``full_attention``), default RoPE.
 - ``deepseek_v3``: attention=mla with pos=rope, swiglu, rmsnorm, every layer dense.
 - ``gpt2``: pos=learned, norm=layernorm, mlp=gelu_tanh (or exact gelu), attention=mha with
   head_dim = d_model/n_head; missing biases are written as zeros (the same function).
 
+Refused for every family: ``model.logit_softcap`` (none of these peers applies a final-logit tanh
+cap; Gemma 2 does, but with other blocks: scaled embeddings, (1 + w) norm gains, sandwich norms,
+GeGLU) and ``model.qk_norm`` outside mha|gqa|mqa + rope (GPT-2 and DeepSeek-V3 have no such norm).
+
 Layout facts the mapping handles: lmlab's ``kv_proj`` is [k; v] and swiglu ``mlp.up`` is [gate; up];
 lmlab's default RoPE layout ``interleaved`` pairs dims (2i, 2i+1) where Llama's rotate-half pairs
-(i, i + D/2), so q/k rows are permuted per head (``pos.layout=half`` needs no permutation);
+(i, i + D/2), so q/k rows are permuted per head (``pos.layout=half`` needs no permutation), and
+Qwen3's q/k norm gains (over one head's dims) by the same permutation, since RMS is order-free;
 DeepSeek-V3 reads interleaved rotary weights itself (``rope_interleave``); GPT-2's Conv1D stores
 weights transposed and fuses q, k, v.
 """
@@ -27,6 +36,17 @@ from lmlab.model.transformer import ffn_hidden
 def family(run) -> str:
     """The peer architecture of ``run`` (a RunConfig), or InteropError naming what has none."""
     m, a, p = run.model, run.attention, run.pos
+    if m.logit_softcap is not None:
+        raise InteropError(
+            f"model.logit_softcap={m.logit_softcap}: no transformers architecture with these blocks caps the"
+            " final logits with c*tanh(logits/c) (train with model.logit_softcap=null to export)"
+        )
+    qk_norm = bool(getattr(m, "qk_norm", False))
+    if qk_norm and (a.name not in ("mha", "gqa", "mqa") or p.name != "rope"):
+        raise InteropError(
+            f"model.qk_norm=true with attention.name={a.name}, pos.name={p.name}: only Qwen3 (attention=mha|gqa|mqa"
+            " with pos=rope) has per-head q/k RMSNorm; GPT-2 and DeepSeek-V3 have none"
+        )
     if a.name in ("mha", "gqa", "mqa"):
         if p.name == "learned":
             return _gpt2_checks(run)
@@ -39,6 +59,12 @@ def family(run) -> str:
             raise InteropError(f"model.mlp={m.mlp} with pos=rope: Llama's MLP is SwiGLU (set model.mlp=swiglu)")
         if m.norm != "rmsnorm":
             raise InteropError(f"model.norm={m.norm} with pos=rope: Llama normalises with RMSNorm")
+        if qk_norm:
+            if m.bias:
+                raise InteropError(
+                    "model.bias=true with model.qk_norm=true: Qwen3 (the peer with q/k norms) has no MLP biases"
+                )
+            return "qwen3"
         return "llama"
     if a.name == "mla":
         if p.name != "rope":
@@ -112,6 +138,12 @@ def hf_config_dict(run, vocab_size: int, fam: str) -> dict:
     if fam == "llama":
         n_kv = {"mha": m.n_head, "mqa": 1}.get(a.name) or a.n_kv_head
         return {**base, "num_key_value_heads": n_kv, "head_dim": m.head_dim, "mlp_bias": m.bias}
+    if fam == "qwen3":  # q/k norms share rms_norm_eps with the layer norms, as lmlab's share model.norm_eps
+        n_kv = {"mha": m.n_head, "mqa": 1}.get(a.name) or a.n_kv_head
+        return {
+            **base, "num_key_value_heads": n_kv, "head_dim": m.head_dim, "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": m.n_layer, "layer_types": ["full_attention"] * m.n_layer,
+        }
     d_c, d_r, d_n, d_v = a.dims(m)
     return {
         **base, "num_key_value_heads": m.n_head, "kv_lora_rank": d_c, "q_lora_rank": a.q_lora_rank,
@@ -163,7 +195,7 @@ def to_hf_state(model, run, fam: str) -> dict[str, torch.Tensor]:
         put(pre + "input_layernorm.weight", b.norm1.weight)
         put(pre + "post_attention_layernorm.weight", b.norm2.weight)
         at = b.attn
-        if fam == "llama":
+        if fam in ("llama", "qwen3"):
             H, G = at.n_head, at.n_kv_head
             for suffix in ("weight", "bias") if run.attention.bias else ("weight",):
                 q = getattr(at.q_proj, suffix)
@@ -174,6 +206,9 @@ def to_hf_state(model, run, fam: str) -> dict[str, torch.Tensor]:
                 put(pre + f"self_attn.k_proj.{suffix}", k)
                 put(pre + f"self_attn.v_proj.{suffix}", v)
                 put(pre + f"self_attn.o_proj.{suffix}", getattr(at.o_proj, suffix))
+            if fam == "qwen3":  # one gain over a head's dims: permuted like each head's rows
+                for hf_n, norm in (("q_norm", at.q_norm), ("k_norm", at.k_norm)):
+                    put(pre + f"self_attn.{hf_n}.weight", norm.weight if perm is None else norm.weight[perm])
         else:  # MLA: same [nope | rope] per-head orders; DeepSeek reads interleaved rope itself
             if at.cfg.q_lora_rank:
                 put(pre + "self_attn.q_a_proj.weight", at.q_down.weight)
@@ -208,7 +243,7 @@ def to_hf_state(model, run, fam: str) -> dict[str, torch.Tensor]:
 def from_hf_state(hf: dict[str, torch.Tensor], run, fam: str, n_layer: int) -> dict[str, torch.Tensor]:
     """lmlab state dict (without the position module's entries) from a transformers state dict.
 
-    ``fam`` is ``llama`` (also Qwen2), ``deepseek_v3`` or ``gpt2``. Keys the lmlab model expects but the
+    ``fam`` is ``llama`` (also Qwen2), ``qwen3``, ``deepseek_v3`` or ``gpt2``. Keys the lmlab model expects but the
     mapping does not produce are reported by ``load_state_dict`` at the caller.
     """
     sd: dict[str, torch.Tensor] = {}
@@ -242,7 +277,7 @@ def from_hf_state(hf: dict[str, torch.Tensor], run, fam: str, n_layer: int) -> d
         pre, out = f"model.layers.{i}.", f"blocks.{i}."
         sd[out + "norm1.weight"] = get(pre + "input_layernorm.weight")
         sd[out + "norm2.weight"] = get(pre + "post_attention_layernorm.weight")
-        if fam == "llama":
+        if fam in ("llama", "qwen3"):
             H = m.n_head
             for suffix in ("weight", "bias"):
                 if pre + f"self_attn.q_proj.{suffix}" not in hf:
@@ -258,6 +293,10 @@ def from_hf_state(hf: dict[str, torch.Tensor], run, fam: str, n_layer: int) -> d
                 sd[out + "attn.o_proj.bias"] = hf.get(
                     pre + "self_attn.o_proj.bias", torch.zeros(sd[out + "attn.o_proj.weight"].shape[0])
                 )
+            if fam == "qwen3":
+                for hf_n in ("q_norm", "k_norm"):
+                    g = get(pre + f"self_attn.{hf_n}.weight")
+                    sd[out + f"attn.{hf_n}.weight"] = g if inv is None else g[inv]
         else:
             if pre + "self_attn.q_a_proj.weight" in hf:
                 sd[out + "attn.q_down.weight"] = get(pre + "self_attn.q_a_proj.weight")

@@ -135,7 +135,7 @@ def train_sweep(args) -> dict:
     res: dict = {}
     for key in variants(args.d_model // args.n_head):
         cmd = [sys.executable, __file__, "--worker", key] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "skip_train")
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "skip_train", "json")
         ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-train", action="store_true", help="only the decode and cache figures")
+    ap.add_argument("--json", default=None, help="also write the measured figures to this JSON file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -258,7 +259,12 @@ def main() -> None:
     tr = {} if args.skip_train else train_sweep(args)
     dec = decode(args)
     report(args, tr, dec)
-    print(f"\n(total benchmark time {time.perf_counter() - t0:.0f} s)")
+    total = time.perf_counter() - t0
+    print(f"\n(total benchmark time {total:.0f} s)")
+    if args.json:  # the same figures as printed, for scripts/findings/attention_cache.py
+        settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json")}
+        with open(args.json, "w") as f:
+            json.dump({"settings": settings, "decode": dec, "train": tr, "total_s": total}, f, indent=1)
 
 
 if __name__ == "__main__":
