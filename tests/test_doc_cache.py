@@ -213,3 +213,16 @@ def test_source_error_during_the_build_is_the_sources_one_line(tmp_path):
     with pytest.raises(DataError, match=r"^\S*d.jsonl:2: no string field 'text' \(set data.text_field\)$"):
         load([p], tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("manifest-*.json"))
+
+
+def test_hf_save_to_disk_dir_splits_memory_mapped_and_is_not_written_to(compose, tmp_path):
+    """data=hf on a save_to_disk directory: ``train_test_split(keep_in_memory=True)`` refused a
+    memory-mapped dataset (datasets 5.2); the split keeps its index lists in memory instead."""
+    from lmlab.data.corpus import load_corpus
+
+    docs = [f"document number {i} " * 5 for i in range(50)]
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "ds"))
+    before = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    corpus = load_corpus(compose(["data=hf", f"data.path={tmp_path / 'ds'}", f"cache_dir={tmp_path / 'cache'}"]))
+    assert sorted(list(corpus.train["text"]) + list(corpus.val["text"])) == sorted(docs) and len(corpus.val) == 2
+    assert corpus.train.cache_files and sorted(p.name for p in (tmp_path / "ds").iterdir()) == before
