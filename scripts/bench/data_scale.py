@@ -14,6 +14,8 @@ process:
   startup_s    ``TextDataModule.setup()`` with the tokenizer already cached (a first, unmeasured
                process trains it): read the corpus, find the tokenizer in the cache, pack validation
                (of which ``corpus_s`` is ``load_corpus`` and ``tokenizer_s`` ``build_tokenizer``)
+  startup_cpu_s  the CPU seconds (user + system) of that setup: on a shared machine a steadier
+               figure than the wall time, which waits for the other processes
   peak_mb      the process's peak resident memory (ru_maxrss) after setup
   build_s      (checkouts with a document cache, ``<cache>/corpora/docs``) the same start-up with that
                cache removed first, the tokenizer still cached: the one-time cost of writing the
@@ -55,12 +57,15 @@ def timed(name, fn):
             parts[name] = time.perf_counter() - t
     return wrapper
 D.load_corpus, D.build_tokenizer = timed("corpus_s", D.load_corpus), timed("tokenizer_s", D.build_tokenizer)
-t0 = time.perf_counter()
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+t0, c0 = time.perf_counter(), cpu()
 dm = TextDataModule(run, log=lambda *_: None)
 dm.setup("fit")
-startup = time.perf_counter() - t0
+startup, startup_cpu = time.perf_counter() - t0, cpu() - c0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out = {"startup_s": startup, "peak_mb": peak, **parts}
+out = {"startup_s": startup, "startup_cpu_s": startup_cpu, "peak_mb": peak, **parts}
 n = args.get("resume_after")
 if n is not None:
     if hasattr(dm, "load_state_dict") and "stream_state" in vars(dm):
@@ -135,7 +140,7 @@ def main() -> None:
 
     if "before" in checkouts and not a.before:
         ap.error("--before is needed unless --only after")
-    print("| corpus | code | first start: documents cached (s) | its peak memory (MB) | start-up (s) "
+    print("| corpus | code | first start: documents cached (s; CPU s) | its peak memory (MB) | start-up (s; CPU s) "
           "| of which corpus / tokenizer (s) | peak memory (MB) | document cache on disk (MB) |\n"
           "|---|---|---|---|---|---|---|---|")
     for mb in sorted(set(sizes + ([a.resume_size] if a.steps else []))):
@@ -148,10 +153,11 @@ def main() -> None:
             if docs.exists():  # a checkout with the document cache: its one-time build, measured
                 shutil.rmtree(docs)
                 b = measure(co, over(mb, which))
-                build = f"{b['startup_s']:.1f} | {b['peak_mb']:.0f}"
+                build = f"{b['startup_s']:.1f}; {b['startup_cpu_s']:.1f} | {b['peak_mb']:.0f}"
             r = measure(co, over(mb, which))
             disk = sum(f.stat().st_size for f in docs.rglob("*") if f.is_file()) / 1e6 if docs.exists() else 0
-            print(f"| {mb} MB | {which} | {build} | {r['startup_s']:.2f} | {r.get('corpus_s', 0):.2f} / "
+            print(f"| {mb} MB | {which} | {build} | {r['startup_s']:.2f}; {r['startup_cpu_s']:.2f} "
+                  f"| {r.get('corpus_s', 0):.2f} / "
                   f"{r.get('tokenizer_s', 0):.2f} | {r['peak_mb']:.0f} | {disk:.0f} |", flush=True)
     if not a.steps:
         return
