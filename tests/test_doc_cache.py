@@ -50,7 +50,7 @@ def load(paths, cache, **kw):
 
 
 @pytest.mark.parametrize("split", ["paragraph", "file"])
-@pytest.mark.parametrize("piece", [3, 7, 1 << 24])
+@pytest.mark.parametrize("piece", [3, 7, 1 << 20])
 def test_same_documents_and_report_as_the_in_memory_path_and_memory_mapped(tmp_path, monkeypatch, split, piece):
     monkeypatch.setattr(base, "CHUNK_BYTES", piece)
     paths = write_corpus(tmp_path)

@@ -103,10 +103,15 @@ def _problem(entry: Path, fp: str) -> tuple[str | None, object, dict | None]:
 
 
 def cached_documents(cache_dir: str, source: str, settings: dict, files: list[Path],
-                     docs: Callable[[], Iterator[str]], report) -> object:
+                     docs: Callable[[], Iterator[str]], report, batch_docs: int = 10_000) -> object:
     """The documents ``docs()`` yields, as a memory-mapped ``datasets.Dataset`` with a ``text`` column,
     built once under ``<cache_dir>/corpora/docs`` (see the module docstring). ``report`` (a
-    ``ReadReport``) is filled by ``docs()`` when it builds, and restored from the manifest otherwise."""
+    ``ReadReport``) is filled by ``docs()`` when it builds, and restored from the manifest otherwise.
+
+    ``batch_docs``: documents per Arrow record batch, i.e. what the writer holds before it flushes
+    (a source with large documents passes fewer). Opening the dataset reads one message header per
+    batch, and the kernel maps the pages around each (fault-around): measured, 24 MB of resident
+    file pages for a 50 MB corpus in batches of 1,000 paragraphs, 2.4 MB in batches of 10,000."""
     import datasets
     from datasets.exceptions import DatasetGenerationError
     from filelock import FileLock
@@ -142,7 +147,7 @@ def cached_documents(cache_dir: str, source: str, settings: dict, files: list[Pa
         try:
             ds = datasets.Dataset.from_generator(
                 gen, features=datasets.Features({"text": datasets.Value("string")}), cache_dir=str(entry),
-                fingerprint=fp)
+                fingerprint=fp, writer_batch_size=max(1, batch_docs))
         except DatasetGenerationError as e:
             if isinstance(e.__cause__, LmlabError):  # the source's own one-line error (a bad file)
                 raise e.__cause__ from None

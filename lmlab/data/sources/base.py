@@ -96,7 +96,7 @@ def read_text_file(path: Path, strict: bool, report: ReadReport) -> str | None:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-CHUNK_BYTES = 1 << 24  # read size of the streaming readers (16 MiB)
+CHUNK_BYTES = 1 << 20  # read size of the streaming readers (1 MiB: a few copies of it are held at once)
 
 _replaced = [0]  # invalid byte sequences replaced by the "lmlab-count-replace" handler
 

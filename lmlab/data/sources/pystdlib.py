@@ -45,4 +45,6 @@ class PyStdlib(DataSource):
         def docs():
             texts = (t for p in files if (t := read_text_file(p, self.cfg.strict_utf8, self.report)))
             return keep_docs(texts, self.cfg, self.report, f"the Python stdlib at {sysconfig.get_paths()['stdlib']}")
-        return cached_documents(cache_dir, "pystdlib", settings, files, docs, self.report)
+        largest = max((p.stat().st_size for p in files), default=0)  # a writer batch of at most ~32 MB
+        return cached_documents(cache_dir, "pystdlib", settings, files, docs, self.report,
+                                batch_docs=max(1, min(10_000, (32 << 20) // max(1, largest))))

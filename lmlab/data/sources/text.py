@@ -75,7 +75,11 @@ class TextFiles(DataSource):
             if not p.exists():
                 raise DataError(f"data file not found: {p}")
         settings = {**doc_settings(c), "split": c.split, "text_field": c.text_field}
-        return cached_documents(cache_dir, "text", settings, [Path(p) for p in c.paths], self._docs, self.report)
+        # whole files as documents: a writer batch of at most ~32 MB (paragraphs, jsonl lines: 10,000)
+        largest = max((Path(p).stat().st_size for p in c.paths if Path(p).suffix != ".jsonl"), default=0)
+        batch = 10_000 if c.split == "paragraph" else max(1, min(10_000, (32 << 20) // max(1, largest)))
+        return cached_documents(cache_dir, "text", settings, [Path(p) for p in c.paths], self._docs, self.report,
+                                batch_docs=batch)
 
     def _docs(self) -> Iterator[str]:
         return keep_docs(self._all_docs(), self.cfg, self.report, ", ".join(self.cfg.paths))
