@@ -94,6 +94,10 @@ def test_split_is_hf_train_test_split():
     ref = ds.train_test_split(test_size=7, seed=3, shuffle=True)
     assert list(train["text"]) == list(ref["train"]["text"]) and list(val["text"]) == list(ref["test"]["text"])
     assert train._fingerprint != val._fingerprint
+    sub = ds.select([i for i in range(101) if i % 3])  # a dataset that already has an indices mapping
+    train, val = split_documents(sub, 5, seed=1)
+    ref = sub.train_test_split(test_size=5, seed=1, shuffle=True)
+    assert list(train["text"]) == list(ref["train"]["text"]) and list(val["text"]) == list(ref["test"]["text"])
 
 
 def _entry(cache: Path) -> Path:
