@@ -269,6 +269,9 @@ class ProbeConfig:
     # a tokenizer config whose deterministic segmentation places the cuts (null: the run's own
     # tokenizer); lets a byte-level model be probed on a subword model's prompts (issue 15)
     cut_tokenizer: Any = variant(registry.TOKENIZER, optional=True)
+    # with cut_tokenizer: the context, in its tokens, that picks the cuts and the prompts' left edges
+    # (null: context_tokens); set it to the subword runs' context_tokens to get their very prompts
+    cut_context_tokens: Optional[int] = None
 
     def check(self, run) -> list[str]:
         """Problems with these settings; none while disabled (the CLI checks an enabled copy)."""

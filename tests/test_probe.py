@@ -1,6 +1,7 @@
 """Continuation probe (SPEC §5): byte-level probabilities against brute force, the search bound,
 greedy checks, and the matched prompt construction."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -342,13 +343,16 @@ def test_cut_tokenizer_gives_a_byte_model_the_same_texts_and_cuts():
     texts = [toy_text(0), toy_text(1)]
     cfg = ProbeConfig(n_prompts=30, context_tokens=12, max_target_bytes=6, seed=3)
     sub = make_prompts(tok, texts, cfg)
-    bcfg = ProbeConfig(n_prompts=30, context_tokens=20, max_target_bytes=6, seed=3)
+    bcfg = ProbeConfig(n_prompts=30, context_tokens=20, max_target_bytes=6, seed=3, cut_context_tokens=12)
     by = make_prompts(byt, texts, bcfg, cut_tokenizer=tok)
     assert len(by) == len(sub) == 60
     own = make_prompts(byt, texts, bcfg)  # without it: word cuts, other texts
     assert [p.word for p in own] != [p.word for p in by]
+    # without cut_context_tokens, a longer context_tokens would pick cuts further into the text
+    other = make_prompts(byt, texts, dataclasses.replace(bcfg, cut_context_tokens=None), cut_tokenizer=tok)
+    assert [p.lead + p.word for p in other] != [p.lead + p.word for p in by]
     for s, b in zip(sub, by):
         assert (s.kind, s.pair, s.char, s.word, s.lead) == (b.kind, b.pair, b.char, b.word, b.lead)
         sb, bb = tok.decode_bytes(s.ids), byt.decode_bytes(b.ids)
         assert len(b.ids) == len(bb) == 20  # one id per byte, truncated to this tokenizer's context
-        assert sb.endswith(bb)  # the same text up to the same cut
+        assert sb.endswith(bb) or bb.endswith(sb)  # the same text up to the same cut

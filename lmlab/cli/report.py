@@ -615,7 +615,8 @@ PROBE_STATS = (("boundary/p_char", "p_char bnd"), ("mid_token/p_char", "p_char m
                ("mid_token/greedy_word", "greedy_word mid"))
 
 
-def probe_stat_tables(done: list[Run], axes: list[str], base_label: str, pvars: list[str]) -> list[str]:
+def probe_stat_tables(done: list[Run], axes: list[str], base_label: str, pvars: list[str],
+                      order: Optional[list[str]] = None) -> list[str]:
     """Per probe variant: each metric's mean ± std over seeds and its paired difference from the
     baseline variant (same seed) with the bootstrap 95% interval; then healing's effect within each
     run (heal_kN − plain, paired by run)."""
@@ -623,6 +624,7 @@ def probe_stat_tables(done: list[Run], axes: list[str], base_label: str, pvars: 
         v = _float(_get(r.probe, pv, *key.split("/")))
         return v if v is not None and math.isfinite(v) else None
 
+    rank = {v: i for i, v in enumerate(order or [])}  # the report's variant order (baseline first)
     md = []
     for pv in pvars:
         cols, cells = [], {}
@@ -635,6 +637,7 @@ def probe_stat_tables(done: list[Run], axes: list[str], base_label: str, pvars: 
                 cells.setdefault(row["variant"], {"n": row["n"]})[col] = _stat_cell(row)
         if not cols:
             continue
+        cells = dict(sorted(cells.items(), key=lambda kv: rank.get(kv[0], len(rank))))
         md += [f"#### {pv}: mean ± std over seeds, and Δ vs {base_label} [95% interval]", ""]
         for part in (cols[:4], cols[4:]):
             if not part:
@@ -655,7 +658,7 @@ def probe_stat_tables(done: list[Run], axes: list[str], base_label: str, pvars: 
                     a, b = value(r, pv, key), value(r, "plain", key)
                     if a is not None and b is not None:
                         per.setdefault(lab, {}).setdefault(col, []).append(a - b)
-            for lab, d in per.items():
+            for lab, d in sorted(per.items(), key=lambda kv: rank.get(kv[0], len(rank))):
                 row = [f"{lab} ({pv})"]
                 for _, col in keys:
                     v = d.get(col, [])
@@ -851,7 +854,7 @@ def build_report(sweep_dirs, out: str | Path | None = None, baseline: str | None
                          for r in done if r.probe), default=0.0)
             md += [f"Search bound: at most {bound:.2e} probability mass left unexplored per query "
                    "(exact value within [p, p + bound]).", ""]
-        md += ["### Seed statistics", ""] + probe_stat_tables(done, axes, base.label, pvars)
+        md += ["### Seed statistics", ""] + probe_stat_tables(done, axes, base.label, pvars, [v.label for v in vs])
     md += ["## Every run", "", "Columns equal for every run left out.", ""]
     every = []
     for r in runs:

@@ -12,9 +12,10 @@ be): ``boundary`` cuts at the word's start, ``mid_token`` strictly inside it. Fo
 ``mid_token_ref`` equals ``mid_token`` up to the longer left context of the reference (chain rule).
 To probe such a model on *the same* texts and cuts as a subword model, pass that model's tokenizer as
 ``cut_tokenizer`` (``probe.cut_tokenizer``, a tokenizer config): its deterministic segmentation then
-places the cuts and each prompt's left edge, and the probed tokenizer only encodes the resulting
-texts (truncated on the left to ``context_tokens`` of *its* tokens, so a byte model sees fewer bytes
-of left context when ``context_tokens`` is equal).
+places the cuts and each prompt's left edge (``cut_context_tokens`` of *its* tokens, the context the
+subword runs use, plus a margin), and the probed tokenizer only encodes the resulting texts, truncated
+on the left to ``context_tokens`` of *its* tokens (a pair whose text is shorter is dropped: none for a
+byte model whose ``context_tokens`` is below the text's length in bytes).
 
 For each prompt and target y -- the next character, and the rest of the word (``\\s*(\\w+|\\W)``
 from the cut, at most ``max_target_bytes`` bytes) -- the probe measures
@@ -210,6 +211,8 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig, cut_tokenize
     L = cfg.context_tokens
     margin = 8  # extra tokens of text before the window so re-encoding yields at least L tokens
     seg = cut_tokenizer if cut_tokenizer is not None else tokenizer
+    # candidates and left edges in the cut tokenizer's tokens: the same for every model probed with it
+    Lc = cfg.cut_context_tokens if cut_tokenizer is not None and cfg.cut_context_tokens else L
     by_word = getattr(seg, "probe_cut_unit", "token") == "word"
     cands = []  # (doc, j, s, e): a multi-character span [s, e) starting in token j, with enough context
     docs = []
@@ -224,7 +227,7 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig, cut_tokenize
         spans = _word_spans(text) if by_word else zip(starts[:-1], starts[1:])
         for s, e in spans:
             j = int(np.searchsorted(starts, s, "right")) - 1
-            if j >= L + margin and e < len(raw) and _inner_char_cuts(raw, s, e) and not _is_cont(raw, s):
+            if j >= Lc + margin and e < len(raw) and _inner_char_cuts(raw, s, e) and not _is_cont(raw, s):
                 cands.append((len(docs) - 1, j, s, e))
     rng = np.random.default_rng(cfg.seed)
     if not cands:
@@ -234,7 +237,7 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig, cut_tokenize
     for pair, c in enumerate(sorted(pick)):
         di, j, s, e = cands[c]
         _, raw, starts = docs[di]
-        left = starts[j - L - margin]
+        left = starts[j - Lc - margin]
         while _is_cont(raw, left):  # a byte piece may have split a character: start after it
             left += 1
         inner = _inner_char_cuts(raw, s, e)
