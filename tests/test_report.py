@@ -310,3 +310,17 @@ def test_val_bpb_at_equal_training_bytes(tmp_path):
                       log=lambda s: None).read_text()
     table = md.split("## At equal training text (bytes)")[1].split("## Curves")[0]
     assert _row(table, "mode=sample")[2] == "—" and _row(table, "mode=viterbi")[1] == "3"
+
+
+def test_x_beyond_the_last_logged_step_is_extrapolated(tmp_path):
+    """The last validation (step 200) follows the last training log (step 190): its x is the rate of
+    the last logged interval carried on, not step 190's value."""
+    sweep = tmp_path / "s"
+    make_grid(sweep, {("mha", "rope"): {1: 2.0}})
+    d = next(sweep.iterdir())
+    rows = ["step,train/loss,train/tokens_seen,train/bytes_seen,val/bpb"]
+    rows += [f"{s},3.0,{(s + 1) * 100},{(s + 1) * 300}," for s in range(0, 200, 10)] + ["200,,,,2.0"]
+    (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    r = load_runs(sweep)[0]
+    assert list(x_values(r, [190, 200], "tokens")) == [19100.0, 20100.0]
+    assert list(x_values(r, [190, 200], "bytes")) == [57300.0, 60300.0]

@@ -301,6 +301,16 @@ def _build_flops(run: Run) -> float | None:
         return None
 
 
+def _interp(x: np.ndarray, xp: list, fp: list) -> np.ndarray:
+    """np.interp, but linear beyond the last point (the last validation often follows the last
+    logged training step: step 200 after a log at 190 must not read 190's tokens)."""
+    y = np.interp(x, xp, fp)
+    if len(xp) >= 2 and xp[-1] > xp[-2]:
+        slope = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+        y = np.where(x > xp[-1], fp[-1] + slope * (x - xp[-1]), y)
+    return y
+
+
 def x_values(run: Run, steps: list[int], x: str) -> np.ndarray | None:
     """The x coordinate of ``steps`` in ``run`` (see the module docstring); None when it cannot be told."""
     steps_a = np.asarray(steps, dtype=float)
@@ -309,7 +319,7 @@ def x_values(run: Run, steps: list[int], x: str) -> np.ndarray | None:
     s = run.summary
     rows = [r for r in run.train if r["tokens"] is not None]
     if rows:
-        tokens = np.interp(steps_a, [r["step"] for r in rows], [r["tokens"] for r in rows])
+        tokens = _interp(steps_a, [r["step"] for r in rows], [r["tokens"] for r in rows])
     elif s.get("tokens_seen") and s.get("step"):
         tokens = steps_a * s["tokens_seen"] / s["step"]
     else:
@@ -319,7 +329,7 @@ def x_values(run: Run, steps: list[int], x: str) -> np.ndarray | None:
     if x == "bytes":
         brows = [r for r in run.train if r["bytes"] is not None]
         if brows:
-            return np.interp(steps_a, [r["step"] for r in brows], [r["bytes"] for r in brows])
+            return _interp(steps_a, [r["step"] for r in brows], [r["bytes"] for r in brows])
         bpt = s.get("train_bytes_per_token")
         return tokens * bpt if bpt else None
     if x == "flops":
