@@ -99,16 +99,18 @@ class TrainTexts:
                     yield t
 
 
-def build_tokenizer(run, corpus: Corpus | None = None):
-    """Train (or load from the cache) the configured tokenizer on the training split."""
+def build_tokenizer(run, corpus: Corpus | None = None, tok_cfg=None):
+    """Train (or load from the cache) the configured tokenizer (or ``tok_cfg``, another tokenizer
+    config, e.g. ``probe.cut_tokenizer``) on the training split."""
     corpus = corpus or load_corpus(run)
-    cls = TOKENIZER.get(run.tokenizer.name)
+    tok_cfg = tok_cfg if tok_cfg is not None else run.tokenizer
+    cls = TOKENIZER.get(tok_cfg.name)
     if corpus.streaming:
         # a stream may be endless: the tokenizer sees its first documents, as many as it may sample
         # lines from (a bounded prefix, not a sample of the whole stream)
-        limit = getattr(run.tokenizer, "train_max_sentences", 100_000)
+        limit = getattr(tok_cfg, "train_max_sentences", 100_000)
         texts = TrainTexts(corpus.train, fingerprint=f"stream-{corpus.fingerprint}-first{limit}",
                            text_field=run.data.text_field, max_docs=limit)
     else:
         texts = TrainTexts(corpus.train)
-    return cls.build(run.tokenizer, texts, cache_dir(run))
+    return cls.build(tok_cfg, texts, cache_dir(run))
