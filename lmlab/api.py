@@ -126,8 +126,8 @@ def probe(ckpt, out: str | Path | None = None, log=print, **keys) -> dict:
 
 
 def report(dirs, out: str | Path | None = None, baseline: str | None = None, x: str = "steps",
-           where: str | dict | None = None, log=print) -> list[Path]:
+           where: str | dict | None = None, log=print, at: float | None = None) -> list[Path]:
     """The sweep report over run directories (language-model and digits runs) -> report.md paths."""
     from lmlab.cli.report import report as _report
 
-    return _report(dirs, out, baseline, x, where, log=log)
+    return _report(dirs, out, baseline, x, where, log=log, at=at)

@@ -35,8 +35,9 @@ class ConfigError(LmlabError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def variant(reg: registry.Registry) -> Any:
-    return field(default=None, metadata={"registry": reg})
+def variant(reg: registry.Registry, optional: bool = False) -> Any:
+    """A variant-group field; ``optional``: null is a valid value (the groups themselves are required)."""
+    return field(default=None, metadata={"registry": reg, "optional": optional})
 
 
 @dataclass
@@ -273,6 +274,12 @@ class ProbeConfig:
     max_batch: int = 64  # rows per model call
     seed: int = 0  # chooses the cuts; independent of the run seed on purpose
     n_examples: int = 8  # pairs written out verbatim in probe.json
+    # a tokenizer config whose deterministic segmentation places the cuts (null: the run's own
+    # tokenizer); lets a byte-level model be probed on a subword model's prompts (issue 15)
+    cut_tokenizer: Any = variant(registry.TOKENIZER, optional=True)
+    # with cut_tokenizer: the context, in its tokens, that picks the cuts and the prompts' left edges
+    # (null: context_tokens); set it to the subword runs' context_tokens to get their very prompts
+    cut_context_tokens: Optional[int] = None
 
     def check(self, run) -> list[str]:
         """Problems with these settings; none while disabled (the CLI checks an enabled copy)."""
@@ -431,7 +438,9 @@ def from_dict(cls: type, data: dict, path: str, problems: list[str]) -> Any:
         if name not in data:
             continue
         reg = f.metadata.get("registry")
-        if reg is not None:
+        if reg is not None and data[name] is None and f.metadata.get("optional"):
+            kwargs[name] = None
+        elif reg is not None:
             kwargs[name] = _build_variant(reg, data[name], f"{prefix}{name}", problems)
         else:
             kwargs[name] = _convert(data[name], hints[name], f"{prefix}{name}", problems)

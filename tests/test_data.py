@@ -2,6 +2,7 @@
 in its draws, and resumable batch for batch."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from lmlab.eval.metrics import bits_per_byte, nats_and_bytes
 
 def load_text(paths, **kw):
     src = TextFiles(TextConfig(paths=[str(p) for p in paths], **kw))
-    return src, src.load("/nonexistent-cache")
+    return src, src.load(str(Path(paths[0]).parent / "cache"))  # the document cache beside the files
 
 
 def test_empty_files_skipped_and_counted(tmp_path):

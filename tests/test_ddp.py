@@ -6,7 +6,8 @@ as a user runs it: Lightning's subprocess launcher re-runs the script for rank 1
   each rank scores a disjoint share of the validation blocks and the sums are all-reduced;
 - SIGTERM to both processes, then the same command: the resumed run ends with exactly the weights of
   an uninterrupted two-process run;
-- a two-process checkpoint is refused by a one-process resume (each rank's data share depends on it).
+- a two-process checkpoint is refused by a one-process resume (each rank's data share depends on it);
+- the checkpoint holds both ranks' stream positions (gathered), and the resume restores them.
 """
 
 from __future__ import annotations
@@ -83,6 +84,20 @@ def test_two_processes_write_one_consistent_run_dir(ddp_run):
 
 
 @pytest.mark.slow
+def test_checkpoint_gathers_the_stream_position_of_each_rank(ddp_run):
+    """Each rank reads its own shard, so each has its own position; the checkpoint (written by rank
+    zero) must hold both, gathered, not rank zero's twice (resuming from it is the next test)."""
+    from lmlab.train.checkpoint import read_checkpoint
+
+    d, _ = ddp_run
+    state = read_checkpoint(d / "checkpoints" / "last.ckpt")["TextDataModule"]
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    (w0,), (w1,) = (r["workers"] for r in state["ranks"])  # data.num_workers=0: one stream per rank
+    assert w0["epoch"] >= 0 and w1["epoch"] >= 0 and w0["pos"] > 0 and w1["pos"] > 0
+    assert (w0["epoch"], w0["pos"], w0["buf"].tolist()) != (w1["epoch"], w1["pos"], w1["buf"].tolist())
+
+
+@pytest.mark.slow
 def test_two_process_val_bpb_equals_one_process_evaluation(ddp_run, compose, cache_dir):
     from lmlab.registry import TASK
     from lmlab.tasks.base import model_weights
@@ -147,6 +162,8 @@ def test_sigterm_and_rerun_continue_exactly(ddp_run, tmp_path, cache_dir):
     q = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert q.returncode == 0, q.stdout[-3000:] + q.stderr[-3000:]
     assert f"resuming from {d / 'checkpoints' / 'last.ckpt'} at step {stopped_at}" in q.stdout
+    # each rank restored its saved stream position (no fallback re-packing of the consumed batches)
+    assert "holds no stream position" not in q.stdout + q.stderr
     a, b = _weights(d_full / "checkpoints" / "last.ckpt"), _weights(d / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
     for k in a:

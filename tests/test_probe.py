@@ -1,6 +1,7 @@
 """Continuation probe (SPEC §5): byte-level probabilities against brute force, the search bound,
 greedy checks, and the matched prompt construction."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -329,3 +330,29 @@ def test_probe_config_checks_and_cli_parsing():
     assert parse(["ckpt=x", "heal_k=[1,2]"])[1].heal_k == [1, 2]
     with pytest.raises(ArgumentError, match="unknown key.*did you mean `n_prompts`"):
         parse(["ckpt=x", "n_prompt=5"])
+
+
+def test_cut_tokenizer_gives_a_byte_model_the_same_texts_and_cuts():
+    """probe.cut_tokenizer (issue 15's byte-level control): a byte tokenizer probed with the subword
+    tokenizer's cuts gets the very same prompt texts (right-aligned; fewer bytes of left context when
+    context_tokens is equal), targets and leads as the subword model -- and mid-token cuts still fall
+    strictly inside a *subword* token, not at word starts."""
+    from lmlab.tokenizers.bytes import BytesTokenizer
+
+    tok, byt = toy_tokenizer(), BytesTokenizer()
+    texts = [toy_text(0), toy_text(1)]
+    cfg = ProbeConfig(n_prompts=30, context_tokens=12, max_target_bytes=6, seed=3)
+    sub = make_prompts(tok, texts, cfg)
+    bcfg = ProbeConfig(n_prompts=30, context_tokens=20, max_target_bytes=6, seed=3, cut_context_tokens=12)
+    by = make_prompts(byt, texts, bcfg, cut_tokenizer=tok)
+    assert len(by) == len(sub) == 60
+    own = make_prompts(byt, texts, bcfg)  # without it: word cuts, other texts
+    assert [p.word for p in own] != [p.word for p in by]
+    # without cut_context_tokens, a longer context_tokens would pick cuts further into the text
+    other = make_prompts(byt, texts, dataclasses.replace(bcfg, cut_context_tokens=None), cut_tokenizer=tok)
+    assert [p.lead + p.word for p in other] != [p.lead + p.word for p in by]
+    for s, b in zip(sub, by):
+        assert (s.kind, s.pair, s.char, s.word, s.lead) == (b.kind, b.pair, b.char, b.word, b.lead)
+        sb, bb = tok.decode_bytes(s.ids), byt.decode_bytes(b.ids)
+        assert len(b.ids) == len(bb) == 20  # one id per byte, truncated to this tokenizer's context
+        assert sb.endswith(bb) or bb.endswith(sb)  # the same text up to the same cut

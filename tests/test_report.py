@@ -249,3 +249,78 @@ def test_command_line(tmp_path, capsys):
     assert cli_main(["report", str(sweep), "x=token"]) == 2
     err = capsys.readouterr().err
     assert "x=token: not an x axis (did you mean `tokens`" in err and "Traceback" not in err
+
+
+def _probe_value(sweep, mode, seed, pv, kind, m):
+    return json.loads((sweep / f"tokenizer.mode={mode},seed={seed}" / "probe.json").read_text())[pv][kind][m]
+
+
+def test_probe_seed_statistics_paired_on_seeds_and_healing_within_runs(tmp_path):
+    """The probe's seed statistics (issue 15): mean ± std over seeds, Δ vs the baseline paired by
+    seed with a bootstrap interval, and healing's effect paired within each run -- each number
+    recomputed here from the probe.json files."""
+    sweep = tmp_path / "cont"
+    seeds = (1, 2, 3)
+    make_sweep(sweep, seeds=seeds)  # viterbi: mid-token p 0.3 below sample's (plain); healed: no gap
+    md = build_report(sweep, baseline="mode=viterbi", log=lambda s: None).read_text()
+    assert "### Seed statistics" in md and "#### plain: mean ± std over seeds, and Δ vs mode=viterbi" in md
+    section = md.split("#### plain:")[1].split("#### heal_k1:")[0]
+    v = [_probe_value(sweep, "viterbi", s, "plain", "mid_token", "p_char") for s in seeds]
+    w = [_probe_value(sweep, "sample", s, "plain", "mid_token", "p_char") for s in seeds]
+    row = _row(section, "mode=sample")
+    header = [c.strip() for c in next(line for line in section.splitlines() if line.startswith("| variant"))
+              .strip("|").split("|")]
+    cell = dict(zip(header, row))
+    assert cell["n"] == "3" and cell["p_char mid"] == f"{np.mean(w):.3f} ± {np.std(w, ddof=1):.3f}"
+    d = np.subtract(w, v)
+    lo, hi = stats.paired_bootstrap(d)
+    assert cell["Δ p_char mid"] == f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}] *"  # ~ +0.25, beyond noise
+    assert lo > 0.2
+    base = dict(zip(header, _row(section, "mode=viterbi")))
+    assert base["Δ p_char mid"] == "+0.000"  # the baseline against itself: no interval
+    # healing: heal_k1 - plain on the same run; the fixture's viterbi runs gain ~0.3 at mid-token cuts
+    heal = md.split("#### Healing's effect")[1]
+    h = np.subtract([_probe_value(sweep, "viterbi", s, "heal_k1", "mid_token", "p_char") for s in seeds], v)
+    lo, hi = stats.paired_bootstrap(h)
+    assert _row(heal, "mode=viterbi (heal_k1)")[1] == f"{np.mean(h):+.3f} [{lo:+.3f}, {hi:+.3f}] *"
+
+
+def test_val_bpb_at_equal_training_bytes(tmp_path):
+    """x=bytes: each run's curve read at the largest byte count every run reaches (here the sampled
+    runs' end: they read 3.0 bytes/token against viterbi's 3.5), by linear interpolation."""
+    sweep = tmp_path / "cont"
+    bpb = make_sweep(sweep, seeds=(1, 2, 3))
+    md = build_report(sweep, baseline="mode=viterbi", x="bytes", log=lambda s: None).read_text()
+    at = 299 * 64 * 3.0  # the last validation (step 299) of a sampled run, tokens from summary.json
+    assert f"training text (bytes) = {at:,.6g}" in md
+    table = md.split("## At equal training text (bytes)")[1].split("## Curves")[0]
+
+    def curve_at(mode, seed, x):  # metrics.csv of make_sweep: val v + (300 - step) / 1000 at 99, 199, 299
+        bpt = 3.0 if mode == "sample" else 3.5
+        steps = np.array([99, 199, 299])
+        return np.interp(x, steps * 64 * bpt, bpb[(mode, seed)] + (300 - (steps + 1)) / 1000)
+
+    vit = [curve_at("viterbi", s, at) for s in (1, 2, 3)]
+    smp = [curve_at("sample", s, at) for s in (1, 2, 3)]
+    assert _row(table, "mode=viterbi")[2] == f"{np.mean(vit):.4f} ± {np.std(vit, ddof=1):.4f}"
+    assert _row(table, "mode=sample")[3] == f"{np.mean(np.subtract(smp, vit)):+.4f}"
+    assert _row(table, "mode=viterbi")[-1] == f"{at / (64 * 3.5):.0f}"  # step where viterbi read that much
+    # at= beyond what the sampled runs read: they get no value, viterbi still does
+    md = build_report(sweep, out=tmp_path / "r2", baseline="mode=viterbi", x="bytes", at=299 * 64 * 3.2,
+                      log=lambda s: None).read_text()
+    table = md.split("## At equal training text (bytes)")[1].split("## Curves")[0]
+    assert _row(table, "mode=sample")[2] == "—" and _row(table, "mode=viterbi")[1] == "3"
+
+
+def test_x_beyond_the_last_logged_step_is_extrapolated(tmp_path):
+    """The last validation (step 200) follows the last training log (step 190): its x is the rate of
+    the last logged interval carried on, not step 190's value."""
+    sweep = tmp_path / "s"
+    make_grid(sweep, {("mha", "rope"): {1: 2.0}})
+    d = next(sweep.iterdir())
+    rows = ["step,train/loss,train/tokens_seen,train/bytes_seen,val/bpb"]
+    rows += [f"{s},3.0,{(s + 1) * 100},{(s + 1) * 300}," for s in range(0, 200, 10)] + ["200,,,,2.0"]
+    (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    r = load_runs(sweep)[0]
+    assert list(x_values(r, [190, 200], "tokens")) == [19100.0, 20100.0]
+    assert list(x_values(r, [190, 200], "bytes")) == [57300.0, 60300.0]

@@ -21,6 +21,12 @@ Language-model runs: every run directory under DIR (any directory holding a ``co
   each pair of axes (``stats.pivot``; one table per combination of the other axes' values, at most
   MAX_SLICES, else a pointer to ``where=``), the other per-variant metrics and every run, constant
   columns left out.
+- with ``x`` other than steps, a table "at equal x": val bits/byte read off each run's curve at one x
+  (``at=``, default the largest x every run reaches; linear interpolation between validations), with
+  the same paired comparison -- e.g. ``x=bytes`` compares at equal training text.
+- with probe results, their seed statistics: per probe variant (plain, heal_k1, ...) the key probe
+  metrics' mean ± std over seeds and paired difference from the baseline with a bootstrap 95%
+  interval, and healing's effect (healed − plain, paired within each run) with its interval.
 - ``curves.png``: train loss and val bits/byte against ``x`` (steps, tokens, bytes, time, flops),
   one line per variant (mean over seeds at each step; band = ± 1 std where n > 1).
 - ``continuation.png`` when runs have a ``probe.json``; ``bytes_per_token.png`` only when a
@@ -295,6 +301,16 @@ def _build_flops(run: Run) -> float | None:
         return None
 
 
+def _interp(x: np.ndarray, xp: list, fp: list) -> np.ndarray:
+    """np.interp, but linear beyond the last point (the last validation often follows the last
+    logged training step: step 200 after a log at 190 must not read 190's tokens)."""
+    y = np.interp(x, xp, fp)
+    if len(xp) >= 2 and xp[-1] > xp[-2]:
+        slope = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+        y = np.where(x > xp[-1], fp[-1] + slope * (x - xp[-1]), y)
+    return y
+
+
 def x_values(run: Run, steps: list[int], x: str) -> np.ndarray | None:
     """The x coordinate of ``steps`` in ``run`` (see the module docstring); None when it cannot be told."""
     steps_a = np.asarray(steps, dtype=float)
@@ -303,7 +319,7 @@ def x_values(run: Run, steps: list[int], x: str) -> np.ndarray | None:
     s = run.summary
     rows = [r for r in run.train if r["tokens"] is not None]
     if rows:
-        tokens = np.interp(steps_a, [r["step"] for r in rows], [r["tokens"] for r in rows])
+        tokens = _interp(steps_a, [r["step"] for r in rows], [r["tokens"] for r in rows])
     elif s.get("tokens_seen") and s.get("step"):
         tokens = steps_a * s["tokens_seen"] / s["step"]
     else:
@@ -313,7 +329,7 @@ def x_values(run: Run, steps: list[int], x: str) -> np.ndarray | None:
     if x == "bytes":
         brows = [r for r in run.train if r["bytes"] is not None]
         if brows:
-            return np.interp(steps_a, [r["step"] for r in brows], [r["bytes"] for r in brows])
+            return _interp(steps_a, [r["step"] for r in brows], [r["bytes"] for r in brows])
         bpt = s.get("train_bytes_per_token")
         return tokens * bpt if bpt else None
     if x == "flops":
@@ -590,8 +606,126 @@ def pivot_tables(done: list[Run], axes: list[str]) -> list[str]:
     return md
 
 
+def _stat_cell(r: dict, digits: int = 3) -> tuple[str, str]:
+    """(mean ± std, Δ [interval] with * when beyond noise) of one ``stats.summary_rows`` row."""
+    mean = "—" if r["mean"] is None else f"{r['mean']:.{digits}f}" + (
+        "" if r["std"] is None else f" ± {r['std']:.{digits}f}")
+    if r["diff"] is None:
+        return mean, "—"
+    diff = f"{round(r['diff'], digits) + 0.0:+.{digits}f}"
+    if r["lo"] is None:
+        return mean, diff
+    return mean, diff + f" [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]" + (" *" if r["beyond_noise"] else "")
+
+
+# (summary key under probe/<variant>/, column) for the seed-statistics tables of the probe
+PROBE_STATS = (("boundary/p_char", "p_char bnd"), ("mid_token/p_char", "p_char mid"),
+               ("mid_token_ref/p_char", "p_char ref"), ("gap_matched/p_char", "gap_m p_char"),
+               ("mid_token/p_word", "p_word mid"), ("mid_token_ref/p_word", "p_word ref"),
+               ("mid_token/greedy_word", "greedy_word mid"))
+
+
+def probe_stat_tables(done: list[Run], axes: list[str], base_label: str, pvars: list[str],
+                      order: Optional[list[str]] = None) -> list[str]:
+    """Per probe variant: each metric's mean ± std over seeds and its paired difference from the
+    baseline variant (same seed) with the bootstrap 95% interval; then healing's effect within each
+    run (heal_kN − plain, paired by run)."""
+    def value(r: Run, pv: str, key: str) -> float | None:  # from probe.json (also there for `lmlab probe`)
+        v = _float(_get(r.probe, pv, *key.split("/")))
+        return v if v is not None and math.isfinite(v) else None
+
+    rank = {v: i for i, v in enumerate(order or [])}  # the report's variant order (baseline first)
+    md = []
+    for pv in pvars:
+        cols, cells = [], {}
+        for key, col in PROBE_STATS:
+            pseudo = [{"config": r.config, "summary": {"m": value(r, pv, key)}} for r in done]
+            if all(p["summary"]["m"] is None for p in pseudo):
+                continue
+            cols.append(col)
+            for row in stats.summary_rows(pseudo, "m", base_label, axes=axes):
+                cells.setdefault(row["variant"], {"n": row["n"]})[col] = _stat_cell(row)
+        if not cols:
+            continue
+        cells = dict(sorted(cells.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+        md += [f"#### {pv}: mean ± std over seeds, and Δ vs {base_label} [95% interval]", ""]
+        for part in (cols[:4], cols[4:]):
+            if not part:
+                continue
+            md += _table(["variant", "n"] + [h for c in part for h in (c, f"Δ {c}")],
+                         [[v, c["n"]] + [x for col in part for x in c.get(col, ("—", "—"))] for v, c in cells.items()])
+            md += [""]
+    heals = [pv for pv in pvars if pv != "plain"]
+    if "plain" in pvars and heals:
+        keys = (("mid_token/p_char", "p_char mid"), ("boundary/p_char", "p_char bnd"),
+                ("gap_matched/p_char", "gap_m p_char"), ("mid_token/greedy_word", "greedy_word mid"))
+        rows = []
+        for pv in heals:
+            per: dict[str, dict[str, list[float]]] = {}
+            for r in done:
+                lab = r.variant
+                for key, col in keys:
+                    a, b = value(r, pv, key), value(r, "plain", key)
+                    if a is not None and b is not None:
+                        per.setdefault(lab, {}).setdefault(col, []).append(a - b)
+            for lab, d in sorted(per.items(), key=lambda kv: rank.get(kv[0], len(rank))):
+                row = [f"{lab} ({pv})"]
+                for _, col in keys:
+                    v = d.get(col, [])
+                    ci = stats.paired_bootstrap(v)
+                    row.append("—" if not v else f"{np.mean(v):+.3f}" + (
+                        "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+                        + (" *" if ci[0] > 0 or ci[1] < 0 else "")))
+                rows.append(row)
+        md += ["#### Healing's effect: healed − plain on the same run, mean over seeds [95% interval]", ""]
+        md += _table(["variant (healing)"] + [f"Δ {c}" for _, c in keys], rows) + [""]
+    md += ["Intervals: percentile bootstrap of the mean paired difference over seeds (10,000 resamples); "
+           "* = the interval excludes 0 (beyond seed noise, for these seeds and these prompts: every run "
+           "is probed on the same prompts, so prompt sampling noise is shared, not averaged out).", ""]
+    return md
+
+
+def equal_x_table(done: list[Run], axes: list[str], base_label: str, x: str, at: float | None = None
+                  ) -> tuple[list[str], float | None]:
+    """Validation bits/byte read off each run's curve at one x (``at``, default the largest x every
+    run reaches), by linear interpolation between validations; paired comparison as for the final
+    values. Runs whose curve does not span ``at`` get no value. -> (markdown, the x used)."""
+    curves = {}
+    for r in done:
+        if not r.curve:
+            continue
+        steps = [s for s, _ in r.curve]
+        xs = x_values(r, steps, x)
+        if xs is not None:
+            curves[r.name] = (np.asarray(xs, float), np.asarray([v for _, v in r.curve], float), steps)
+    if not curves:
+        return [], None
+    if at is None:
+        at = min(xs[-1] for xs, _, _ in curves.values())
+    pseudo = []
+    for r in done:
+        c = curves.get(r.name)
+        summ = {}
+        if c is not None and c[0][0] <= at <= c[0][-1]:
+            summ = {"val_bpb": float(np.interp(at, c[0], c[1])),
+                    "step_at": float(np.interp(at, c[0], np.asarray(c[2], float)))}
+        pseudo.append({"config": r.config, "summary": summ})
+    rows = stats.summary_rows(pseudo, "val_bpb", base_label, axes=axes)
+    steps_at = {}
+    for p, r in zip(pseudo, done):
+        if "step_at" in p["summary"]:
+            steps_at.setdefault(r.variant, []).append(p["summary"]["step_at"])
+    md = comparison_table(rows, base_label)
+    md[0] += " step there |"
+    md[1] += "---|"
+    for i, row in enumerate(rows):
+        st = steps_at.get(row["variant"])
+        md[2 + i] += f" {np.mean(st):.0f} |" if st else " — |"
+    return md, at
+
+
 def build_report(sweep_dirs, out: str | Path | None = None, baseline: str | None = None, x: str = "steps",
-                 where: str | dict | None = None, log=print) -> Path:
+                 where: str | dict | None = None, log=print, at: float | None = None) -> Path:
     """One report over one sweep directory, or over several (then ``out`` is required and run
     names are prefixed with their sweep directory's name); -> the report.md path."""
     import matplotlib
@@ -678,6 +812,16 @@ def build_report(sweep_dirs, out: str | Path | None = None, baseline: str | None
     md += comparison_table(rows, base.label) + [""]
     if len(axes) >= 2:
         md += ["## Pivot tables", ""] + pivot_tables(done, axes)
+    if x != "steps":
+        table, at_x = equal_x_table(done, axes, base.label, x, at)
+        if table:
+            md += [f"## At equal {X_AXES[x]}", "",
+                   f"Validation bits/byte at {X_AXES[x]} = {at_x:,.6g} ({'`at=`' if at is not None else 'the largest value every run reaches; choose with `at=`'}), "
+                   "read off each run's validation curve by linear interpolation between validations "
+                   "(a run part-way through its learning-rate schedule there is not a run trained for that "
+                   "long); paired comparison as above. `step there` = mean step at which the variant reaches it; "
+                   "— = the run's curve does not span it.", ""]
+            md += table + [""]
     md += ["## Curves", "", "![curves](curves.png)", "",
            f"x = {X_AXES[x]} (`x=` steps, tokens, bytes, time, flops). One line per variant: the mean over "
            "seeds at each logged step; band = ± 1 std over seeds where n > 1; train loss smoothed by a "
@@ -720,6 +864,7 @@ def build_report(sweep_dirs, out: str | Path | None = None, baseline: str | None
                          for r in done if r.probe), default=0.0)
             md += [f"Search bound: at most {bound:.2e} probability mass left unexplored per query "
                    "(exact value within [p, p + bound]).", ""]
+        md += ["### Seed statistics", ""] + probe_stat_tables(done, axes, base.label, pvars, [v.label for v in vs])
     md += ["## Every run", "", "Columns equal for every run left out.", ""]
     every = []
     for r in runs:
@@ -740,7 +885,7 @@ def build_report(sweep_dirs, out: str | Path | None = None, baseline: str | None
 
 
 USAGE = ("python -m lmlab report DIR [DIR ...] [baseline=LABEL|key=value,...] [x=steps|tokens|bytes|time|flops] "
-         "[where=key=value,...] [out=DIR]")
+         "[where=key=value,...] [at=X] [out=DIR]")
 
 
 @dataclass
@@ -750,6 +895,8 @@ class Args:
                                         "(default: the default config's choice, else the first variant)")
     x: str = arg("steps", "x axis of the curves: steps, tokens, bytes, time or flops")
     where: Optional[str] = arg(None, "select runs first: key=value[,key=value] over the swept axes")
+    at: Optional[float] = arg(None, "with x other than steps: the x at which to compare val bits/byte "
+                                    "(default: the largest x every run reaches)")
 
 
 def has_image_text_runs(d: Path) -> bool:
@@ -757,7 +904,7 @@ def has_image_text_runs(d: Path) -> bool:
 
 
 def report(dirs, out=None, baseline: str | None = None, x: str = "steps", where: str | dict | None = None,
-           log=print) -> list[Path]:
+           log=print, at: float | None = None) -> list[Path]:
     """Both reports over ``dirs`` (what ``main`` runs): -> the report.md paths written."""
     dirs = [Path(d) for d in ([dirs] if isinstance(dirs, (str, Path)) else dirs)]
     missing = [str(d) for d in dirs if not d.is_dir()]
@@ -772,7 +919,7 @@ def report(dirs, out=None, baseline: str | None = None, x: str = "steps", where:
     lm = [d for d in dirs if load_runs(d)]
     if lm or not digits:
         path = build_report(lm or dirs, out if not digits else Path(out or lm[0]) / "report",
-                            baseline=baseline, x=x, where=where, log=log)
+                            baseline=baseline, x=x, where=where, log=log, at=at)
         log(f"wrote {path} and its plots")
         paths.append(path)
     return paths
@@ -783,5 +930,5 @@ def main(argv: list[str] | None = None) -> int:
     if not p.positional:
         raise UsageError(f"report needs at least one run directory: {USAGE}")
     a = p.args
-    report(p.positional, a.out, a.baseline, a.x, a.where)
+    report(p.positional, a.out, a.baseline, a.x, a.where, at=a.at)
     return 0

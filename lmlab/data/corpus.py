@@ -44,9 +44,35 @@ def load_corpus(run) -> Corpus:
                 if getattr(run.data, "split", None) == "file" else "")
         raise DataError(f"data.name={run.data.name}: need at least 2 documents for a train/val split, got {n}{hint}")
     n_val = max(1, round(n * run.data.val_fraction))
-    # index lists in memory: a memory-mapped dataset's own files are neither copied nor written next to
-    split = ds.train_test_split(test_size=n_val, seed=run.data.val_seed, shuffle=True, keep_in_memory=True)
-    return Corpus(train=split["train"], val=split["test"], report=source.report)
+    train, val = split_documents(ds, n_val, run.data.val_seed)
+    return Corpus(train=train, val=val, report=source.report)
+
+
+def split_documents(ds, n_val: int, seed: int):
+    """(train, val): the split ``ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)`` makes
+    -- the same permutation, so the same documents in the same order (a test holds it to HF's) --
+    with the index lists in memory. Not ``train_test_split`` itself: on a memory-mapped dataset
+    it names index files beside the dataset's own, which ``keep_in_memory=True`` then refuses
+    (datasets 5.2), and a user's ``save_to_disk`` directory is not written to."""
+    import hashlib
+
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    perm = np.random.default_rng(seed).permutation(len(ds))
+
+    def part(idx, name):
+        fp = hashlib.sha256(f"{ds._fingerprint}/{name}/{seed}/{n_val}".encode()).hexdigest()[:16]
+        # the indices table built from the array, as Dataset.select builds it -- but select first
+        # turns the indices into a Python list (~60 bytes a document: 220 MB for 3.7M documents)
+        arr = pa.array(idx, type=pa.uint64())
+        if ds._indices is not None:
+            arr = ds._indices.column(0).take(arr)
+        return datasets.Dataset(ds.data, info=ds.info.copy(), split=ds.split,
+                                indices_table=InMemoryTable.from_arrays([arr], names=["indices"]), fingerprint=fp)
+    return part(perm[n_val:], "train"), part(perm[:n_val], "test")
 
 
 class TrainTexts:
@@ -73,16 +99,18 @@ class TrainTexts:
                     yield t
 
 
-def build_tokenizer(run, corpus: Corpus | None = None):
-    """Train (or load from the cache) the configured tokenizer on the training split."""
+def build_tokenizer(run, corpus: Corpus | None = None, tok_cfg=None):
+    """Train (or load from the cache) the configured tokenizer (or ``tok_cfg``, another tokenizer
+    config, e.g. ``probe.cut_tokenizer``) on the training split."""
     corpus = corpus or load_corpus(run)
-    cls = TOKENIZER.get(run.tokenizer.name)
+    tok_cfg = tok_cfg if tok_cfg is not None else run.tokenizer
+    cls = TOKENIZER.get(tok_cfg.name)
     if corpus.streaming:
         # a stream may be endless: the tokenizer sees its first documents, as many as it may sample
         # lines from (a bounded prefix, not a sample of the whole stream)
-        limit = getattr(run.tokenizer, "train_max_sentences", 100_000)
+        limit = getattr(tok_cfg, "train_max_sentences", 100_000)
         texts = TrainTexts(corpus.train, fingerprint=f"stream-{corpus.fingerprint}-first{limit}",
                            text_field=run.data.text_field, max_docs=limit)
     else:
         texts = TrainTexts(corpus.train)
-    return cls.build(run.tokenizer, texts, cache_dir(run))
+    return cls.build(tok_cfg, texts, cache_dir(run))

@@ -10,6 +10,12 @@ span two characters (``tokenizer=bytes``: ``probe_cut_unit = "word"``) has no mi
 span cut is a *word* (``WORD`` below, with its leading whitespace, as a unigram piece ``▁word`` would
 be): ``boundary`` cuts at the word's start, ``mid_token`` strictly inside it. For such a model
 ``mid_token_ref`` equals ``mid_token`` up to the longer left context of the reference (chain rule).
+To probe such a model on *the same* texts and cuts as a subword model, pass that model's tokenizer as
+``cut_tokenizer`` (``probe.cut_tokenizer``, a tokenizer config): its deterministic segmentation then
+places the cuts and each prompt's left edge (``cut_context_tokens`` of *its* tokens, the context the
+subword runs use, plus a margin), and the probed tokenizer only encodes the resulting texts, truncated
+on the left to ``context_tokens`` of *its* tokens (a pair whose text is shorter is dropped: none for a
+byte model whose ``context_tokens`` is below the text's length in bytes).
 
 For each prompt and target y -- the next character, and the rest of the word (``\\s*(\\w+|\\W)``
 from the cut, at most ``max_target_bytes`` bytes) -- the probe measures
@@ -196,16 +202,23 @@ def _targets(rest: str, max_bytes: int) -> tuple[bytes, bytes]:
     return char, out
 
 
-def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prompt]:
-    """Matched (boundary, mid-token) prompt pairs; see the module docstring."""
+def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig, cut_tokenizer=None) -> list[Prompt]:
+    """Matched (boundary, mid-token) prompt pairs; see the module docstring.
+
+    ``cut_tokenizer``: the tokenizer whose deterministic segmentation places the cuts and the left
+    edge of every prompt text (default ``tokenizer``); the texts are then encoded with ``tokenizer``.
+    """
     L = cfg.context_tokens
     margin = 8  # extra tokens of text before the window so re-encoding yields at least L tokens
-    by_word = getattr(tokenizer, "probe_cut_unit", "token") == "word"
+    seg = cut_tokenizer if cut_tokenizer is not None else tokenizer
+    # candidates and left edges in the cut tokenizer's tokens: the same for every model probed with it
+    Lc = cfg.cut_context_tokens if cut_tokenizer is not None and cfg.cut_context_tokens else L
+    by_word = getattr(seg, "probe_cut_unit", "token") == "word"
     cands = []  # (doc, j, s, e): a multi-character span [s, e) starting in token j, with enough context
     docs = []
     for d, text in enumerate(texts):
-        ids = tokenizer.encode(text)
-        pieces = [tokenizer.piece_bytes(i) for i in ids]
+        ids = seg.encode(text)
+        pieces = [seg.piece_bytes(i) for i in ids]
         raw = text.encode("utf-8")
         if b"".join(pieces) != raw:
             continue  # tokenizer does not round-trip this document (e.g. a literal U+2581)
@@ -214,7 +227,7 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
         spans = _word_spans(text) if by_word else zip(starts[:-1], starts[1:])
         for s, e in spans:
             j = int(np.searchsorted(starts, s, "right")) - 1
-            if j >= L + margin and e < len(raw) and _inner_char_cuts(raw, s, e) and not _is_cont(raw, s):
+            if j >= Lc + margin and e < len(raw) and _inner_char_cuts(raw, s, e) and not _is_cont(raw, s):
                 cands.append((len(docs) - 1, j, s, e))
     rng = np.random.default_rng(cfg.seed)
     if not cands:
@@ -224,7 +237,7 @@ def make_prompts(tokenizer, texts: Sequence[str], cfg: ProbeConfig) -> list[Prom
     for pair, c in enumerate(sorted(pick)):
         di, j, s, e = cands[c]
         _, raw, starts = docs[di]
-        left = starts[j - L - margin]
+        left = starts[j - Lc - margin]
         while _is_cont(raw, left):  # a byte piece may have split a character: start after it
             left += 1
         inner = _inner_char_cuts(raw, s, e)
@@ -354,9 +367,10 @@ def _aggregate(by_kind: dict[str, list[dict]]) -> dict:
 
 
 def run_probe(model, tokenizer, val_texts: Sequence[str], cfg: Optional[ProbeConfig] = None,
-              **overrides) -> dict:
+              cut_tokenizer=None, **overrides) -> dict:
     """Probe ``model`` (a callable ids (B, T) -> logits (B, T, V), e.g. the Transformer) on
-    held-out ``val_texts``. Returns a JSON-ready dict: settings, per-variant aggregates, examples."""
+    held-out ``val_texts``. Returns a JSON-ready dict: settings, per-variant aggregates, examples.
+    ``cut_tokenizer``: see ``make_prompts`` (``probe.cut_tokenizer``)."""
     import dataclasses
     import time
 
@@ -371,7 +385,7 @@ def run_probe(model, tokenizer, val_texts: Sequence[str], cfg: Optional[ProbeCon
         lm = lambda ids: model(ids.to(device)).float().cpu()  # noqa: E731
     t0 = time.perf_counter()
     try:
-        prompts = make_prompts(tokenizer, list(val_texts), cfg)
+        prompts = make_prompts(tokenizer, list(val_texts), cfg, cut_tokenizer)
         res = probe_prompts(lm, tokenizer, prompts, cfg) if prompts else {}
     finally:
         if was_training:

@@ -303,12 +303,12 @@ def drop_constant(rows: list[dict], keep: Iterable[str] = ()) -> list[dict]:
 
 
 def summary_rows(runs: Sequence, metric: str = "val_bpb", baseline: str | dict | None = None,
-                 n_resamples: int = 10_000, seed: int = 0) -> list[dict]:
+                 n_resamples: int = 10_000, seed: int = 0, axes: Sequence[str] | None = None) -> list[dict]:
     """One row per variant for a report table: ``variant``, ``n``, ``mean``, ``std`` (None for
     n = 1), and against the baseline ``diff`` (paired mean), ``lo``/``hi`` (95% interval, None
     below two pairs), ``pairs`` and ``beyond_noise`` (the interval excludes 0); the baseline row
-    has ``diff = 0.0`` and no interval."""
-    vs = variants(runs, metric)
+    has ``diff = 0.0`` and no interval. ``axes``: as for ``variants`` (default ``swept_axes``)."""
+    vs = variants(runs, metric, axes)
     base = _find(vs, baseline)
     diffs = {d.label: d for d in compare(vs, base.label, metric, n_resamples, seed=seed)}
     rows = []

