@@ -130,7 +130,9 @@ def discretized_gaussian_log_pmf(mu: torch.Tensor, sigma: torch.Tensor) -> torch
     mu = mu.double()[..., None]
     sigma = sigma.double()
     edges = torch.arange(LEVELS + 1, dtype=torch.float64, device=mu.device) - 0.5  # -0.5 .. 16.5
-    edges[0], edges[-1] = -math.inf, math.inf
+    # the open outer bins end 10^4 levels out instead of at ±inf: the same masses in float64 for any
+    # mean the head can reach, and no inf - inf in the gradient (torch.where differentiates both branches)
+    edges[0], edges[-1] = -1e4, 1e4
     z = (edges - mu) / sigma[..., None] if sigma.dim() else (edges - mu) / sigma
     return _log_diff_ndtr(z[..., :-1], z[..., 1:])
 
