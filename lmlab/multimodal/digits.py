@@ -314,7 +314,7 @@ def subgrid_eval_batches(images, labels, patch: int, batch_size: int, sizes, tem
     crops = []  # (image index, size, offset)
     for i in range(len(labels)):
         if every_offset:
-            crops += [(i, s, (t, l)) for s in sizes for t in range(G[0] - s[0] + 1) for l in range(G[1] - s[1] + 1)]
+            crops += [(i, s, (t, c)) for s in sizes for t in range(G[0] - s[0] + 1) for c in range(G[1] - s[1] + 1)]
         else:
             s = tuple(sizes[i % len(sizes)])
             rng = np.random.default_rng([seed, i])
