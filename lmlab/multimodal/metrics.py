@@ -91,12 +91,17 @@ def summarize(sums: dict[int, torch.Tensor], img_weight: float = 1.0) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, batches, img_weight: float = 1.0) -> dict:
+def evaluate_sums(model, batches) -> dict[int, torch.Tensor]:
+    """Per-direction sums over ``batches`` (add several before ``summarize`` to pool them)."""
     sums: dict[int, torch.Tensor] = {}
     for batch in batches:
         for d, v in batch_sums(model.losses(batch), batch).items():
             sums[d] = sums.get(d, 0) + v
-    return summarize(sums, img_weight)
+    return sums
+
+
+def evaluate(model, batches, img_weight: float = 1.0) -> dict:
+    return summarize(evaluate_sums(model, batches), img_weight)
 
 
 @torch.no_grad()

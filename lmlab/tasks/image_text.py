@@ -208,14 +208,15 @@ def subgrid_metrics(model: ImageTextModel, run, images, labels, prefix: str) -> 
     seen = metrics.evaluate(model, digits.subgrid_eval_batches(
         images, labels, d.patch, 128, train, d.eval_template, every_offset=False, seed=1), t.img_weight)
     out |= {f"{prefix}seen_{k}": seen[k] for k in ("img_bpp", "img_bpp_uncond", "img_bpp_cond")}
-    pooled = metrics.evaluate(model, digits.subgrid_eval_batches(
-        images, labels, d.patch, 128, held, d.eval_template), t.img_weight)
+    total: dict = {}
+    for g in held:  # one pass per size; the pooled figure adds the sizes' sums
+        sums = metrics.evaluate_sums(model, digits.subgrid_eval_batches(images, labels, d.patch, 128, [g],
+                                                                         d.eval_template))
+        if len(held) > 1:
+            out[f"{prefix}heldout_{g[0]}x{g[1]}_img_bpp"] = metrics.summarize(sums, t.img_weight)["img_bpp"]
+        total = {k: total.get(k, 0) + v for k, v in sums.items()}
+    pooled = metrics.summarize(total, t.img_weight)
     out |= {f"{prefix}heldout_{k}": pooled[k] for k in ("img_bpp", "img_bpp_uncond", "img_bpp_cond")}
-    if len(held) > 1:
-        for g in held:
-            m = metrics.evaluate(model, digits.subgrid_eval_batches(
-                images, labels, d.patch, 128, [g], d.eval_template), t.img_weight)
-            out[f"{prefix}heldout_{g[0]}x{g[1]}_img_bpp"] = m["img_bpp"]
     return out
 
 
