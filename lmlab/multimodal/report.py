@@ -152,11 +152,12 @@ def plot(runs: list[dict], path: Path, refs: dict) -> None:
                 ss.append(s)  # NaN (n = 1): no error bar
             x = np.arange(len(poss)) + (i - (len(heads) - 1) / 2) * 0.35
             ax.bar(x, ms, 0.35, yerr=ss, label=head, capsize=3)
-        ax.axhline(refs["ref_marginal_bpp"], color="k", ls="--", lw=1, label="per-position marginal")
+        if not probe:  # the whole-image reference; crops of other sizes have no such baseline
+            ax.axhline(refs["ref_marginal_bpp"], color="k", ls="--", lw=1, label="per-position marginal")
         ax.set_xticks(np.arange(len(poss)), poss, rotation=20)
         ax.set_title(f"image bits/pixel, {title}")
-        lo = min(r[f"{r.get('eval_split', 'test')}_{k}"] for r in runs for k, _ in panels)
-        ax.set_ylim(lo - 0.15, refs["ref_marginal_bpp"] + 0.1)
+        vals = [r[f"{r.get('eval_split', 'test')}_{k}"] for r in runs for k, _ in panels]
+        ax.set_ylim(min(vals) - 0.15, max(vals + ([] if probe else [refs["ref_marginal_bpp"]])) + 0.1)
     axes[0].set_ylabel(f"bits/pixel ({refs['split']} split, best val checkpoint)")
     axes[1].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
