@@ -64,5 +64,8 @@ def test_probe_runs_are_grouped_apart_with_a_paired_held_out_delta(tmp_path):
     assert tie[head.index("95% interval (held-out)")].strip() == "[+0.300, +0.400]"
     assert tie[head.index("Δ img bpp vs rope")].strip() == "+0.000"
     assert body[("3x3", "rope")][head.index("training sizes img bpp")].strip() == "2.150 ± 0.071"
+    # the gap held-out − training sizes: rope 0.3, 0.3; rope_tie 0.6, 0.7 -> paired Δ +0.35
+    assert body[("3x3", "rope")][head.index("held-out − training sizes")].strip() == "+0.300 ± 0.000"
+    assert tie[head.index("Δ gap vs rope")].strip().startswith("+0.350")
     report.build_report([str(tmp_path)], log=lambda s: None)
     assert (tmp_path / "report.png").stat().st_size > 0

@@ -8,8 +8,9 @@ SPEC §15.4's rule holds: at least two seeds, the same sign in every seed, and |
 either scheme. Beside it, the paired bootstrap 95% interval of that difference
 (``lmlab.eval.stats.paired_bootstrap``, as in the language-model report; none below two shared seeds).
 Runs of the held-out sub-grid probe (``data.subgrid_holdout``) are grouped apart from whole-image runs
-and add the held-out and training-size bits/pixel with a second paired Δ vs rope and its interval (the
-probe's figure); their plot shows those two instead of unconditional / caption-conditioned.
+and add the held-out and training-size bits/pixel and their difference (the generalization gap; the
+sizes differ, so only its differences between schemes mean something), each of the held-out figure and
+the gap with a paired Δ vs rope and its interval (the probe's figures); their plot shows those two instead of unconditional / caption-conditioned.
 Error bars in the plot: std over seeds, none where n = 1. Writes ``report.md`` and ``report.png`` into the sweep directory (or ``out``) and returns
 the table (``build_report``; the command ``lmlab.cli.report`` calls it when it finds such runs).
 """
@@ -41,6 +42,9 @@ def load_runs(sweep_dir: str) -> list[dict]:
         s = json.loads(p.read_text())
         if s.get("task") == "image_text":
             s["_dir"] = str(p.parent)
+            split = s.get("eval_split", "test")
+            if f"{split}_heldout_img_bpp" in s and f"{split}_seen_img_bpp" in s:  # the probe's generalization gap
+                s[f"{split}_heldout_gap"] = s[f"{split}_heldout_img_bpp"] - s[f"{split}_seen_img_bpp"]
             runs.append(s)
     return runs
 
@@ -52,7 +56,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def _fmt(xs: list[float], fmt: str) -> str:
     m, s = _mean_std(xs)
-    return fmt.format(m) + ("" if math.isnan(s) else " ± " + fmt.format(s))
+    return fmt.format(m) + ("" if math.isnan(s) else " ± " + fmt.replace("+", "").format(s))
 
 
 def compare(a: dict[int, float], b: dict[int, float]) -> tuple[float, bool]:
@@ -79,6 +83,7 @@ def interval(a: dict[int, float], b: dict[int, float]) -> tuple[float, float] | 
 PROBE_METRICS = [  # the held-out sub-grid probe (data.subgrid_holdout), when a run has it
     ("heldout_img_bpp", "held-out sizes img bpp", "{:.3f}"),
     ("seen_img_bpp", "training sizes img bpp", "{:.3f}"),
+    ("heldout_gap", "held-out − training sizes", "{:+.3f}"),
 ]
 
 
@@ -98,7 +103,7 @@ def table(runs: list[dict]) -> tuple[str, dict]:
     header = (["head", "p"] + (["held out"] if probe else []) + ["pos", "seeds", "best step"]
               + [t for _, t, _ in metrics] + ["Δ img bpp vs rope", "95% interval"])
     if probe:
-        header += ["Δ held-out bpp vs rope", "95% interval (held-out)"]
+        header += ["Δ held-out bpp vs rope", "95% interval (held-out)", "Δ gap vs rope", "95% interval (gap)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     refs = {}
@@ -108,7 +113,7 @@ def table(runs: list[dict]) -> tuple[str, dict]:
         row += [pos, str(len(rs)), _fmt([r["best_step"] for r in rs], "{:.0f}")]
         row += [_fmt([r[f"{split}_{k}"] for r in rs if f"{split}_{k}" in r], f) if any(f"{split}_{k}" in r for r in rs)
                 else "" for k, _, f in metrics]
-        for key in ["img_bpp"] + (["heldout_img_bpp"] if probe else []):
+        for key in ["img_bpp"] + (["heldout_img_bpp", "heldout_gap"] if probe else []):
             if not all(f"{split}_{key}" in r for r in rs):
                 row += ["", ""]
                 continue
