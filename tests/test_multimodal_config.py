@@ -51,7 +51,8 @@ def test_bad_template_and_bad_patch_are_reported_together(compose):
     assert any(p.startswith("data.train_templates[0]") for p in ps)
 
 
-@pytest.mark.parametrize("exp", ["pos_multimodal", "pos_multimodal_quick"])
+@pytest.mark.parametrize("exp", ["pos_multimodal", "pos_multimodal_quick", "pos_multimodal_seeds",
+                                 "pos_multimodal_probe"])
 def test_sweep_experiments_validate_for_every_swept_choice(compose, exp):
     import itertools
     from pathlib import Path
@@ -65,3 +66,24 @@ def test_sweep_experiments_validate_for_every_swept_choice(compose, exp):
     for combo in itertools.product(*(str(params[k]).split(",") for k in keys)):
         run = compose([f"experiment={exp}", *(f"{k}={v}" for k, v in zip(keys, combo))])
         assert run.data.name == "digits" and run.sweep_name == exp
+
+
+def test_subgrid_holdout_is_validated_naming_the_key(compose):
+    run = compose([*BASE, "data.subgrid_holdout=[3x3,4x4]"])
+    assert run.data.subgrids() == ([(2, 2), (2, 3), (2, 4), (3, 2), (3, 4), (4, 2), (4, 3)], [(3, 3), (4, 4)])
+    assert compose(BASE).data.subgrids() is None
+    for bad, words in (("[5x5]", "not a sub-grid"), ("[1x3]", "not a sub-grid"), ("[three]", "HxW"),
+                       ("[]", "holds out nothing"), ("[3x3,3x3]", "twice")):
+        ps = problems(compose, f"data.subgrid_holdout={bad}")
+        assert any(p.startswith("data.subgrid_holdout=") and words in p for p in ps), (bad, ps)
+    every = "[" + ",".join(f"{h}x{w}" for h in range(2, 5) for w in range(2, 5)) + "]"
+    assert any("nothing is left to train on" in p for p in problems(compose, f"data.subgrid_holdout={every}"))
+
+
+def test_learned_positions_refuse_a_held_out_size_that_reaches_untrained_positions(compose):
+    # with one short training template, a 4x4 held-out image reaches positions no training crop reaches
+    ps = problems(compose, "pos=learned", "data.subgrid_holdout=[4x4]", "data.train_templates=['{numeral}']",
+                  "data.eval_template='this is a {word}.'")
+    assert any("pos.name=learned cannot take the sub-grid probe" in p and "data.subgrid_holdout" in p for p in ps)
+    compose([*BASE, "pos=learned", "data.subgrid_holdout=[3x3]"])  # interpolation: positions all trained
+    compose([*BASE, "pos=rope_tie", "data.subgrid_holdout=[4x4]", "data.train_templates=['{numeral}']"])

@@ -103,3 +103,56 @@ def test_collate_pads_without_targets():
             n = lay.n_slots
             assert (b["role"][r, n:] == 0).all() and (b["text_target"][r, n:] == -100).all()
             assert not b["is_image"][r, n:].any()
+
+
+def test_subgrid_training_stream_never_shows_a_held_out_size():
+    """SPEC §15.4 probe: training crops come only from the training sizes (all of them occur), each
+    crop is the image's own patches at its offset, and rows of one batch keep their own grids."""
+    images, labels = digits.load_split()["train"]
+    train, held = digits.subgrid_sizes(2, ["3x3", "4x4"])
+    assert held == [(3, 3), (4, 4)] and (3, 3) not in train and (4, 4) not in train and len(train) == 7
+    s = digits.TrainStream(images, labels, 2, 16, seed=1, templates=digits.TRAIN_TEMPLATES, subgrids=train)
+    it = iter(s)
+    grids = []
+    full = digits.patchify(images, 2).reshape(len(labels), 4, 4, 4)
+    for _ in range(40):
+        b = next(it)
+        for r, lay in enumerate(b["layouts"]):
+            g = tuple(lay.grid)
+            grids.append(g)
+            M = g[0] * g[1]
+            assert int(b["patch_mask"][r].sum()) == M == int(b["is_image"][r].sum())
+            assert not b["patches"][r, M:].any()
+            crop = b["patches"][r, :M].view(g[0], g[1], 4).numpy()
+            img = full[int(b["index"][r])]
+            assert any((img[t : t + g[0], c : c + g[1]] == crop).all()
+                       for t in range(5 - g[0]) for c in range(5 - g[1]))
+    assert set(grids) == set(train)  # every training size occurs, no held-out one
+    # the full-image stream is unchanged by the option being off
+    a = next(iter(digits.TrainStream(images, labels, 2, 8, seed=3, templates=digits.TRAIN_TEMPLATES)))
+    assert all(tuple(lay.grid) == (4, 4) for lay in a["layouts"]) and a["patch_mask"].all()
+
+
+def test_held_out_evaluation_covers_exactly_the_held_out_sizes_at_every_offset():
+    images, labels = digits.load_split()["test"]
+    n = 7
+    held = [(3, 3), (4, 4)]
+    batches = digits.subgrid_eval_batches(images[:n], labels[:n], 2, 16, held)
+    grids = [tuple(lay.grid) for b in batches for lay in b["layouts"]]
+    per_image = 4 + 1  # a 3x3 crop fits at 2x2 offsets, a 4x4 at one
+    assert len(grids) == 2 * n * per_image  # both directions
+    assert set(grids) == set(held) and grids.count((3, 3)) == 2 * n * 4
+    # every 3x3 crop of image 0 appears once per direction
+    und = [b for b in batches if (b["direction"] == UNDERSTAND).all()]
+    crops = {b["patches"][r, :9].numpy().tobytes() for b in und for r in range(len(b["layouts"]))
+             if tuple(b["layouts"][r].grid) == (3, 3)}
+    img0 = digits.patchify(images[:1], 2).reshape(4, 4, 4)
+    for t in range(2):
+        for c in range(2):
+            assert np.ascontiguousarray(img0[t : t + 3, c : c + 3]).reshape(9, 4).tobytes() in crops
+    # one crop per image (validation): sizes cycle through the list, deterministic
+    one = digits.subgrid_eval_batches(images[:n], labels[:n], 2, 16, [(2, 2), (2, 3)], every_offset=False)
+    g1 = [tuple(lay.grid) for b in one for lay in b["layouts"]]
+    assert g1[:n] == [(2, 2), (2, 3)] * 3 + [(2, 2)] and len(g1) == 2 * n
+    again = digits.subgrid_eval_batches(images[:n], labels[:n], 2, 16, [(2, 2), (2, 3)], every_offset=False)
+    assert all(torch.equal(x["patches"], y["patches"]) for x, y in zip(one, again))

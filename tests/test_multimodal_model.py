@@ -135,3 +135,86 @@ def test_image_sampling_with_the_cache_equals_the_uncached_reference(compose):
     assert torch.equal(cached, full)
     other = model.generate_images(caps, generator=torch.Generator().manual_seed(4))
     assert not torch.equal(cached, other)  # the seed matters, so equality above is not vacuous
+
+
+def _gauss_bin_mass(mu: float, sigma: float, v: int) -> float:
+    """Reference discretized Gaussian by math.erf: bin [v-1/2, v+1/2], outer bins open."""
+    cdf = lambda x: 0.5 * (1 + math.erf((x - mu) / (sigma * math.sqrt(2))))  # noqa: E731
+    lo = 0.0 if v == 0 else cdf(v - 0.5)
+    hi = 1.0 if v == 16 else cdf(v + 0.5)
+    return hi - lo
+
+
+def test_mse_head_scores_a_discretized_gaussian_with_one_sigma(compose):
+    model = build(compose, "task.image_head=mse")
+    head = model.image_head
+    h = torch.randn(2, 3, 32) * 2
+    with torch.no_grad():
+        head.log_sigma.fill_(math.log(1.7))
+    pmf = head.log_pmf(h).double().exp()  # (2, 3, P, 17)
+    assert (pmf.sum(-1) - 1).abs().max() < 1e-6
+    mu = head.mean_levels(h)  # (2, 3, P) level units
+    for idx in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        ref = [_gauss_bin_mass(float(mu[idx]), 1.7, v) for v in range(17)]
+        torch.testing.assert_close(pmf[idx], torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=1e-9)
+    # far tails stay finite (no log 0): a mean far below 0 puts ~all mass on level 0
+    from lmlab.multimodal.heads import discretized_gaussian_log_pmf
+
+    far = discretized_gaussian_log_pmf(torch.tensor([-40.0, 60.0]), torch.tensor(1.0))
+    assert far.isfinite().all() and far[0, 0] > -1e-9 and far[1, 16] > -1e-9
+
+
+def test_mse_head_trains_the_mean_by_squared_error_and_sigma_by_likelihood(compose):
+    """The control must be pure regression: the gradient reaching the trunk and the mean projection is
+    exactly that of the squared error in input units, and σ alone is fit by the discretized NLL."""
+    model = build(compose, "task.image_head=mse")
+    model.train()
+    head = model.image_head
+    h = torch.randn(4, 5, 32, requires_grad=True)
+    levels = torch.randint(0, 17, (4, 5, head.pixels))
+    nll = head.nll(h, levels)
+    loss = head.train_loss(h, levels, nll).sum()
+    loss.backward()
+    g_h, g_w, g_s = h.grad.clone(), head.proj.weight.grad.clone(), head.log_sigma.grad.clone()
+    h.grad = None
+    head.zero_grad()
+    mse = ((head.proj(h) - digits.to_input(levels.float())) ** 2).sum()
+    mse.backward()
+    torch.testing.assert_close(g_h, h.grad)
+    torch.testing.assert_close(g_w, head.proj.weight.grad)
+    assert head.log_sigma.grad is None or float(head.log_sigma.grad) == 0.0  # squared error ignores σ
+    assert float(g_s) != 0.0  # ... and the NLL term moves σ
+
+
+def test_mse_head_sigma_converges_to_the_generating_sigma(compose):
+    """Fit only σ on levels drawn from a discretized N(8, 2.5²) with the mean fixed at 8: the learned σ
+    recovers 2.5 (a wrong bin width, unit or tail treatment would not)."""
+    model = build(compose, "task.image_head=mse")
+    head = model.image_head
+    g = torch.Generator().manual_seed(0)
+    levels = (8 + 2.5 * torch.randn(20000, generator=g)).round().clamp(0, 16).long().view(-1, 1).expand(-1, head.pixels)
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.zero_()  # input 0 = level 8
+    h = torch.zeros(levels.shape[0], 32)
+    opt = torch.optim.Adam([head.log_sigma], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        head.train_loss(h, levels, head.nll(h, levels)).mean().backward()
+        opt.step()
+    assert float(head.log_sigma.exp()) == pytest.approx(2.5, rel=0.03)
+
+
+def test_mse_head_runs_through_the_model_losses(compose, val):
+    """img_nll is the exact bits of the Gaussian scoring (comparable to the other heads); the model
+    returns the regression objective apart (img_loss), the other heads return None there."""
+    model = build(compose, "task.image_head=mse")
+    b = batch_of(val)
+    with torch.no_grad():
+        out = model.losses(b)
+        ref = -model.image_head.log_pmf(out["h_img"]).gather(-1, b["patches"][..., None]).squeeze(-1)
+    torch.testing.assert_close(out["img_nll"], ref)
+    assert out["img_loss"] is not None and not torch.allclose(out["img_loss"], out["img_nll"])
+    cat = build(compose, "task.image_head=categorical")
+    with torch.no_grad():
+        assert cat.losses(b)["img_loss"] is None

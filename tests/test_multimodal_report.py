@@ -35,3 +35,37 @@ def test_table_groups_runs_and_reports_paired_delta(tmp_path):
     assert "2.050 ± 0.071" in rows["rope"]
     report.build_report([str(tmp_path)], log=lambda s: None)
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_probe_runs_are_grouped_apart_with_a_paired_held_out_delta(tmp_path):
+    rows = [("rope", 0, 2.0, 2.5, None), ("rope", 1, 2.1, 2.6, None),
+            ("rope", 0, 2.2, 2.4, ["3x3"]), ("rope", 1, 2.3, 2.5, ["3x3"]),
+            ("rope_tie", 0, 2.2, 2.7, ["3x3"]), ("rope_tie", 1, 2.3, 2.9, ["3x3"])]
+    for i, (pos, seed, bpp, held, sub) in enumerate(rows):
+        d = tmp_path / f"job{i}"
+        d.mkdir()
+        s = {"task": "image_text", "pos": pos, "seed": seed, "image_head": "categorical", "patch": 2,
+             "eval_split": "test", "best_step": 100, "ref_uniform_bpp": 4.09, "ref_marginal_bpp": 2.42,
+             "ref_label_marginal_bpp": 2.2, "judge_acc": 0.96, "subgrid_holdout": sub}
+        s.update({f"test_{k}": bpp for k, _, _ in report.METRICS})
+        s["test_img_bpp"] = bpp
+        if sub:
+            s.update({"test_heldout_img_bpp": held, "test_seen_img_bpp": bpp - 0.1})
+        (d / "summary.json").write_text(json.dumps(s))
+    text, _ = report.table(report.load_runs(str(tmp_path)))
+    lines = [ln.split("|")[1:-1] for ln in text.splitlines()]
+    head = [c.strip() for c in lines[0]]
+    body = {(c[head.index("held out")].strip(), c[head.index("pos")].strip()): c for c in lines[2:]}
+    assert set(body) == {("none", "rope"), ("3x3", "rope"), ("3x3", "rope_tie")}  # whole images apart
+    tie = body[("3x3", "rope_tie")]
+    # paired against the probe's own rope rows: held-out Δ = +0.35 (0.3 and 0.4; beyond 2 std, same sign:
+    # real), whole-image Δ = 0
+    assert tie[head.index("Δ held-out bpp vs rope")].strip() == "+0.350 *"
+    assert tie[head.index("95% interval (held-out)")].strip() == "[+0.300, +0.400]"
+    assert tie[head.index("Δ img bpp vs rope")].strip() == "+0.000"
+    assert body[("3x3", "rope")][head.index("training sizes img bpp")].strip() == "2.150 ± 0.071"
+    # the gap held-out − training sizes: rope 0.3, 0.3; rope_tie 0.6, 0.7 -> paired Δ +0.35
+    assert body[("3x3", "rope")][head.index("held-out − training sizes")].strip() == "+0.300 ± 0.000"
+    assert tie[head.index("Δ gap vs rope")].strip().startswith("+0.350")
+    report.build_report([str(tmp_path)], log=lambda s: None)
+    assert (tmp_path / "report.png").stat().st_size > 0

@@ -32,3 +32,37 @@ def test_short_training_beats_the_marginal_baseline_and_resumes_exactly(compose,
     r = train(resumed, log=lambda *a: None)
     for k in ("train_loss", "val_loss", "best_step", "val_img_bpp", "val_caption_acc"):
         assert r[k] == s[k], k
+
+
+@pytest.mark.slow
+def test_subgrid_probe_run_reports_exactly_the_held_out_sizes_and_mse_head_trains(compose, tmp_path):
+    """A probe run (data.subgrid_holdout) with the mse control head: training sees only training sizes,
+    the summary's held-out figure is the best model's bits/pixel on every crop of exactly the held-out
+    sizes, and the mse head's bits/pixel are an exact likelihood below the uniform 4.087."""
+    import torch
+
+    from lmlab.multimodal import digits, metrics
+    from lmlab.tasks.image_text import ImageTextTask
+    from lmlab.train.run import train
+
+    run = compose([
+        "data=digits", "task=image_text", "model.d_model=32", "model.n_layer=1", "model.n_head=1",
+        "model.seq_len=48", "model.mlp=gelu", "pos=rope_tie_v2", "optim.warmup_steps=5", "trainer.max_steps=30",
+        "trainer.val_every=15", "trainer.log_every=15", "trainer.progress_bar=false", "trainer.num_threads=1",
+        "task.eval_split=val", "task.samples_per_class=1", "task.image_head=mse",
+        "data.subgrid_holdout=[3x3,2x4]", f"out_dir={tmp_path}", "run_name=p",
+    ])
+    run.run_dir = str(tmp_path / "p")
+    s = train(run, log=lambda *a: None)
+    assert s["subgrid_holdout"] == ["3x3", "2x4"] and s["image_head"] == "mse"
+    for k in ("val_heldout_img_bpp", "val_seen_img_bpp", "val_heldout_3x3_img_bpp", "val_heldout_2x4_img_bpp"):
+        assert 0 < s[k] < s["ref_uniform_bpp"], k
+    # the best-val weights on the validation split's crops of exactly 3x3 and 2x4, every offset
+    ckpt = torch.load(tmp_path / "p" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    model = ImageTextTask.load_model(run, ckpt, None)
+    images, labels = digits.load_split()["val"]
+    ref = metrics.evaluate(model, digits.subgrid_eval_batches(images, labels, 2, 64, [(3, 3), (2, 4)]))
+    assert s["val_heldout_img_bpp"] == pytest.approx(ref["img_bpp"], rel=1e-6)
+    only33 = metrics.evaluate(model, digits.subgrid_eval_batches(images, labels, 2, 64, [(3, 3)]))
+    assert s["val_heldout_3x3_img_bpp"] == pytest.approx(only33["img_bpp"], rel=1e-6)
+    assert s["val_heldout_img_bpp"] != pytest.approx(s["val_seen_img_bpp"], rel=1e-9)

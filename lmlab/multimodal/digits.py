@@ -16,6 +16,11 @@ Design choices and guarantees:
   [/IMG], [EOS] or an image patch), so losses and metrics mask per modality (SPEC §15 pitfalls):
   text CE only where the next slot is text, image NLL only where it is a patch; [/IMG] is reported
   apart and kept out of caption bits/byte.
+- Held-out sub-grid probe (SPEC §15.4, ``data.subgrid_holdout``): training examples are random
+  h×w crops of the patch grid (h, w from 2 to 8/p, the held-out sizes never drawn), validation is one
+  such crop per image, and ``subgrid_eval_batches`` measures exactly the held-out sizes, every crop
+  position once. Crops keep their own grid in the ``Layout``, so every position scheme places them
+  as the h×w image they are.
 - Training draws (template, direction) per example from ``default_rng([seed, epoch, index])``; the
   order of examples in an epoch from ``default_rng([seed, epoch])``. Both depend only on the global
   example index, so a resumed run (``start`` = batches consumed × batch size) sees the same stream;
@@ -131,8 +136,9 @@ class Layout(NamedTuple):
         return self.n_patches + self.cap_len + 4
 
 
-def encode(cap: bytes, patches: np.ndarray, direction: int) -> dict:
-    """One sequence as arrays: tokens (T,), is_image (T,), text_target (T,), role (T,), patches (M, P)."""
+def encode(cap: bytes, patches: np.ndarray, direction: int, grid: tuple[int, int] | None = None) -> dict:
+    """One sequence as arrays: tokens (T,), is_image (T,), text_target (T,), role (T,), patches (M, P).
+    ``grid`` (h, w) with h·w = M is the patch grid (a sub-grid crop); None: the batch's grid."""
     M = len(patches)
     if direction == UNDERSTAND:
         toks = [BOS, IMG] + [IMG] * M + [IMG_END] + list(cap) + [EOS]
@@ -153,11 +159,13 @@ def encode(cap: bytes, patches: np.ndarray, direction: int) -> dict:
     txt = (role != NONE) & (role != PATCH)
     text_target[:-1][txt[:-1]] = nxt[txt[:-1]]
     return {"tokens": tokens, "is_image": is_image, "role": role, "text_target": text_target,
-            "patches": patches.astype(np.int64), "direction": direction, "cap_len": len(cap)}
+            "patches": patches.astype(np.int64), "direction": direction, "cap_len": len(cap), "grid": grid}
 
 
-def collate(examples: list[dict], grid: tuple[int, int]) -> dict:
-    """Right-pad to the longest sequence; padding is never a target (causal, so it changes nothing before it)."""
+def collate(examples: list[dict], grid: tuple[int, int] | None = None) -> dict:
+    """Right-pad to the longest sequence; padding is never a target (causal, so it changes nothing before it).
+    Each example's grid is its own (``encode(grid=...)``) or else ``grid``; patches are right-padded to
+    the largest grid of the batch and ``patch_mask`` (B, M) marks the real ones."""
     T = max(len(e["tokens"]) for e in examples)
     B = len(examples)
     out = {
@@ -170,8 +178,17 @@ def collate(examples: list[dict], grid: tuple[int, int]) -> dict:
         n = len(e["tokens"])
         for k in ("tokens", "is_image", "role", "text_target"):
             out[k][b, :n] = torch.from_numpy(e[k])
-    out["patches"] = torch.from_numpy(np.stack([e["patches"] for e in examples]))  # (B, M, P)
-    out["layouts"] = [Layout(e["direction"], e["cap_len"], grid) for e in examples]
+    grids = [tuple(e.get("grid") or grid) for e in examples]
+    M = max(len(e["patches"]) for e in examples)
+    P = examples[0]["patches"].shape[1]
+    patches = np.zeros((B, M, P), dtype=np.int64)
+    mask = np.zeros((B, M), dtype=bool)
+    for b, e in enumerate(examples):
+        patches[b, : len(e["patches"])] = e["patches"]
+        mask[b, : len(e["patches"])] = True
+    out["patches"] = torch.from_numpy(patches)  # (B, M, P)
+    out["patch_mask"] = torch.from_numpy(mask)
+    out["layouts"] = [Layout(e["direction"], e["cap_len"], g) for e, g in zip(examples, grids)]
     out["direction"] = torch.tensor([e["direction"] for e in examples])
     return out
 
@@ -180,10 +197,12 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Endless training batches; example k of the stream is a pure function of (seed, k)."""
 
     def __init__(self, images, labels, patch: int, batch_size: int, seed: int, templates,
-                 understand_frac: float = 0.5, start_batch: int = 0):
+                 understand_frac: float = 0.5, start_batch: int = 0, subgrids=None):
         self.patches = patchify(images, patch)  # (n, M, P)
         self.labels = labels
         self.grid = (SIDE // patch, SIDE // patch)
+        # sub-grid probe: each example is a random crop of one of these (h, w) sizes (None: full images)
+        self.subgrids = [tuple(g) for g in subgrids] if subgrids else None
         self.batch_size, self.seed, self.templates = batch_size, seed, list(templates)
         self.understand_frac = understand_frac
         self.start_batch = start_batch
@@ -194,7 +213,12 @@ class TrainStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, idx])
         template = self.templates[rng.integers(len(self.templates))]
         direction = UNDERSTAND if rng.random() < self.understand_frac else GENERATE
-        ex = encode(caption(template, int(self.labels[idx])), self.patches[idx], direction)
+        patches, grid = self.patches[idx], self.grid
+        if self.subgrids:  # drawn after the full-image draws, so a full-image stream is unchanged
+            grid = self.subgrids[rng.integers(len(self.subgrids))]
+            top, left = rng.integers(self.grid[0] - grid[0] + 1), rng.integers(self.grid[1] - grid[1] + 1)
+            patches = crop(patches, self.grid, grid, (int(top), int(left)))
+        ex = encode(caption(template, int(self.labels[idx])), patches, direction, grid)
         return ex | {"epoch": epoch, "index": idx}
 
     def example_index(self, k: int) -> int:
@@ -244,6 +268,61 @@ def eval_batches(images, labels, patch: int, batch_size: int, template: str = EV
     for d in directions:
         exs = [encode(caption(template, int(y)), patches[i], d) for i, y in enumerate(labels)]
         out += [collate(exs[i : i + batch_size], grid) for i in range(0, len(exs), batch_size)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The held-out sub-grid probe (SPEC §15.4)
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """"HxW" -> (h, w) patches; ValueError otherwise."""
+    h, sep, w = str(text).lower().partition("x")
+    if not sep or not h.strip().isdigit() or not w.strip().isdigit():
+        raise ValueError(f"{text!r} is not a sub-grid size HxW (e.g. 3x3)")
+    return int(h), int(w)
+
+
+def subgrid_sizes(patch: int, heldout, min_side: int = 2) -> tuple[list, list]:
+    """(training sizes, held-out sizes) of the probe: every h×w with min_side <= h, w <= 8/p in
+    raster order, the held-out ones (``"HxW"`` strings) removed from training."""
+    G = SIDE // patch
+    held = [parse_grid(g) for g in heldout]
+    every = [(h, w) for h in range(min_side, G + 1) for w in range(min_side, G + 1)]
+    return [g for g in every if g not in held], held
+
+
+def crop(patches: np.ndarray, grid: tuple[int, int], size: tuple[int, int], at: tuple[int, int]) -> np.ndarray:
+    """(M, P) patches of a ``grid`` image -> the (h·w, P) patches of the h×w sub-grid whose top-left
+    patch is ``at`` (row, column), raster order."""
+    x = patches.reshape(grid[0], grid[1], -1)[at[0] : at[0] + size[0], at[1] : at[1] + size[1]]
+    return np.ascontiguousarray(x.reshape(size[0] * size[1], -1))
+
+
+def subgrid_eval_batches(images, labels, patch: int, batch_size: int, sizes, template: str = EVAL_TEMPLATE,
+                         every_offset: bool = True, seed: int = 0,
+                         directions=(UNDERSTAND, GENERATE)) -> list[dict]:
+    """Deterministic evaluation batches of sub-grid crops, both directions, fixed template.
+
+    ``every_offset``: every image × every size in ``sizes`` × every position of the crop (the held-out
+    figure: exactly those sizes, each crop once). Otherwise one crop per image, its size
+    ``sizes[i % len(sizes)]`` and position drawn from ``default_rng([seed, i])`` (validation and the
+    seen-size test figure: the cost of a full-image evaluation)."""
+    G = (SIDE // patch, SIDE // patch)
+    allp = patchify(images, patch)
+    crops = []  # (image index, size, offset)
+    for i in range(len(labels)):
+        if every_offset:
+            crops += [(i, s, (t, c)) for s in sizes for t in range(G[0] - s[0] + 1) for c in range(G[1] - s[1] + 1)]
+        else:
+            s = tuple(sizes[i % len(sizes)])
+            rng = np.random.default_rng([seed, i])
+            crops.append((i, s, (int(rng.integers(G[0] - s[0] + 1)), int(rng.integers(G[1] - s[1] + 1)))))
+    out = []
+    for d in directions:
+        exs = [encode(caption(template, int(labels[i])), crop(allp[i], G, s, at), d, s) for i, s, at in crops]
+        out += [collate(exs[i : i + batch_size]) for i in range(0, len(exs), batch_size)]
     return out
 
 

@@ -56,7 +56,9 @@ def batch_sums(out: dict, batch: dict) -> dict[int, torch.Tensor]:
     """Per-direction sums of one evaluated batch: {direction: tensor of len(KEYS)} in float64."""
     role = batch["role"]
     text = out["text_nll"].double()
-    img = out["img_nll"].double().flatten(1)  # (B, M·P)
+    img = out["img_nll"].double().flatten(1)  # (B, M·P), 0 at padding patches
+    P = out["img_nll"].shape[-1]
+    pix = out["patch_mask"].sum(1).double() * P  # (B,) real pixels per row
     res = {}
     for d in (UNDERSTAND, GENERATE):
         rows = batch["direction"] == d
@@ -65,7 +67,7 @@ def batch_sums(out: dict, batch: dict) -> dict[int, torch.Tensor]:
         r, t = role[rows], text[rows]
         res[d] = torch.stack([
             t[r == CAPTION].sum(), (r == CAPTION).sum().double(),
-            img[rows].sum(), torch.tensor(float(img[rows].numel()), dtype=torch.float64),
+            img[rows].sum(), pix[rows].sum(),
             t[r == CLOSE].sum(), (r == CLOSE).sum().double(),
             t[out["text_mask"][rows]].sum(), out["text_mask"][rows].sum().double(),
         ])
@@ -89,12 +91,17 @@ def summarize(sums: dict[int, torch.Tensor], img_weight: float = 1.0) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, batches, img_weight: float = 1.0) -> dict:
+def evaluate_sums(model, batches) -> dict[int, torch.Tensor]:
+    """Per-direction sums over ``batches`` (add several before ``summarize`` to pool them)."""
     sums: dict[int, torch.Tensor] = {}
     for batch in batches:
         for d, v in batch_sums(model.losses(batch), batch).items():
             sums[d] = sums.get(d, 0) + v
-    return summarize(sums, img_weight)
+    return sums
+
+
+def evaluate(model, batches, img_weight: float = 1.0) -> dict:
+    return summarize(evaluate_sums(model, batches), img_weight)
 
 
 @torch.no_grad()

@@ -9,7 +9,9 @@
   ``h_t`` wherever slot t+1 is a patch ([IMG] predicts P1, Pj predicts P(j+1)); PM predicts [/IMG]
   through the text head.
 - ``losses`` returns per-target quantities with the modality masks applied: text NLL only where the
-  next slot is text, image NLL only where it is a patch (SPEC §15 pitfall).
+  next slot is text, image NLL only where it is a patch (SPEC §15 pitfall). Rows of one batch may hold
+  sub-grids of different sizes (``data.subgrid_holdout``): patches are right-padded to the batch's
+  largest and ``patch_mask`` (B, M) marks the real ones; ``img_nll``/``img_loss`` are 0 at padding.
 
 Guarantee (tests/test_multimodal_model.py): causal -- perturbing patch j leaves every text logit and
 every image prediction before it unchanged.
@@ -91,10 +93,20 @@ class ImageTextModel(nn.Module):
             logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none"
         ).view_as(tgt)  # (B, T), zero where ignored
         B, M, P = batch["patches"].shape
-        h_img = h[batch["role"] == PATCH].view(B, M, -1)  # (B, M, C): the state before each patch
+        pm = batch.get("patch_mask")  # (B, M): rows of a sub-grid batch hold fewer than M patches
+        if pm is None:
+            pm = torch.ones(B, M, dtype=torch.bool, device=h.device)
+        # the state before each patch, row by row in patch order (both masks are row-major with a
+        # row's patches first, so the scatter keeps every row's order); zeros at padding
+        h_img = h.new_zeros(B, M, h.shape[-1])
+        h_img[pm] = h[batch["role"] == PATCH]
         img_nll = self.image_head.nll(h_img, batch["patches"])  # (B, M, P)
-        return {"text_nll": text_nll, "text_mask": tgt != -100, "img_nll": img_nll,
-                "penalty": self.image_head.penalty(h_img), "logits": logits, "h_img": h_img}
+        img_loss = self.image_head.train_loss(h_img, batch["patches"], img_nll)
+        keep = pm[..., None].to(img_nll.dtype)
+        return {"text_nll": text_nll, "text_mask": tgt != -100, "img_nll": img_nll * keep,
+                # None where the head trains on its NLL (categorical, fbdm): nothing to add
+                "img_loss": None if img_loss is img_nll else img_loss * keep, "patch_mask": pm,
+                "penalty": self.image_head.penalty(h_img[pm]), "logits": logits, "h_img": h_img}
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()

@@ -1,6 +1,7 @@
 """``task=image_text``: the digits image-text lab (``data=digits``; sequences and heads in lmlab/multimodal).
 
-- Config (this group's keys): ``image_head`` (categorical | fbdm) and its ``fbdm_*`` settings,
+- Config (this group's keys): ``image_head`` (categorical | fbdm | mse, the regression control of
+  ``lmlab.multimodal.heads``) and its ``fbdm_*`` settings,
   ``img_weight``, ``eval_split``, ``samples_per_class``, ``val_caption_acc``, ``patience``. The data
   group (``data=digits``) keeps only what the sequences are (patch, templates, splits).
 - Loss (SPEC §15.3): mean text CE over the text targets (caption bytes and special tokens) +
@@ -13,6 +14,10 @@
   memory and in every checkpoint, so resume keeps them); ``task.patience`` > 0 stops early.
 - ``<split>_caption_acc_shuffled`` scores the captions against another image's pixels (a random
   permutation): about 0.1 when the model reads the image (SPEC §15 "How to test").
+- Held-out sub-grid probe (``data.subgrid_holdout``, SPEC §15.4): training on random crops of the
+  training sizes, validation on one such crop per image, and at the end ``<split>_heldout_img_bpp``
+  on exactly the held-out sizes (every crop position) beside ``<split>_seen_img_bpp`` on the training
+  sizes; the full-image metrics below are measured as well (the full grid may itself be held out).
 - At the end, the best weights are measured on ``task.eval_split`` (default test): every metric of
   ``lmlab.multimodal.metrics``, written into summary.json as ``<split>_*`` fields, with ``samples.png``
   in the run directory. The final numbers therefore always come from the best validation checkpoint,
@@ -43,7 +48,7 @@ from lmlab.tasks.base import StepLoss, Task, TaskConfig, TaskModule, model_weigh
 @dataclass
 class ImageTextConfig(TaskConfig):
     name: str = "image_text"
-    image_head: Literal["categorical", "fbdm"] = "categorical"
+    image_head: Literal["categorical", "fbdm", "mse"] = "categorical"
     fbdm_n: int = 16  # non-DC frequencies N (SPEC §14: 8-16 real-line, ≥ 34 unit)
     fbdm_mode: Literal["real", "unit"] = "real"
     fbdm_gamma: float = 1e-4  # smoothness penalty weight on normalized coefficients
@@ -86,17 +91,25 @@ class DigitsDataModule(L.LightningDataModule):
 
         self.splits = DATA.get(self.run.data.name)(self.run.data).load(self.run.cache_dir)
         d = self.run.data
-        self.val = digits.eval_batches(*self.splits["val"], d.patch, d.batch_size, d.eval_template)
+        sub = d.subgrids()
+        if sub is None:
+            self.val = digits.eval_batches(*self.splits["val"], d.patch, d.batch_size, d.eval_template)
+        else:  # validate (early stopping) on the training sizes only: the held-out ones stay unseen
+            self.val = digits.subgrid_eval_batches(*self.splits["val"], d.patch, d.batch_size, sub[0],
+                                                   d.eval_template, every_offset=False)
         n = {k: len(v[1]) for k, v in self.splits.items()}
         M = (digits.SIDE // d.patch) ** 2
         self.log(f"data: digits {n['train']} train / {n['val']} val / {n['test']} test images; "
                  f"{M} patches of {d.patch}x{d.patch}; image head {self.run.task.image_head}; "
-                 f"pos {self.run.pos.name}")
+                 f"pos {self.run.pos.name}"
+                 + ("" if sub is None else f"; sub-grid probe: train on {_sizes(sub[0])}, hold out {_sizes(sub[1])}"))
 
     def train_stream(self) -> digits.TrainStream:
         d = self.run.data
+        sub = d.subgrids()
         return digits.TrainStream(*self.splits["train"], d.patch, d.batch_size, self.run.seed,
-                                  d.train_templates, d.understand_frac, start_batch=self.start_batch)
+                                  d.train_templates, d.understand_frac, start_batch=self.start_batch,
+                                  subgrids=None if sub is None else sub[0])
 
     def train_dataloader(self):
         from lmlab.data.pipeline import worker_context
@@ -125,9 +138,12 @@ class ImageTextModule(TaskModule):
     def step_loss(self, batch) -> StepLoss:
         out = self.model.losses(batch)
         text_loss = out["text_nll"].sum() / out["text_mask"].sum()
-        img_loss = out["img_nll"].mean()
+        n_pix = out["patch_mask"].sum() * out["img_nll"].shape[-1]
+        img_loss = out["img_nll"].sum() / n_pix  # bits/pixel figure (the exact NLL for every head)
         loss = text_loss + self.run.task.img_weight * img_loss
         total = loss + out["penalty"]
+        if out["img_loss"] is not None:  # the mse control optimizes its regression objective, not the NLL
+            total = total + self.run.task.img_weight * (out["img_loss"].sum() / n_pix - img_loss)
         aux = self.model.transformer.aux_loss()
         if aux is not None:
             total = total + aux
@@ -178,6 +194,32 @@ class ImageTextModule(TaskModule):
         return model.eval()
 
 
+def _sizes(grids) -> str:
+    return ", ".join(f"{h}x{w}" for h, w in grids)
+
+
+def subgrid_metrics(model: ImageTextModel, run, images, labels, prefix: str) -> dict:
+    """The held-out sub-grid probe on one split (SPEC §15.4): image bits/pixel on exactly the held-out
+    sizes (every image, every crop position, both directions; ``<prefix>heldout_*``, pooled and per
+    size) and on the training sizes (one crop per image, as in validation; ``<prefix>seen_*``)."""
+    d, t = run.data, run.task
+    train, held = d.subgrids()
+    out = {}
+    seen = metrics.evaluate(model, digits.subgrid_eval_batches(
+        images, labels, d.patch, 128, train, d.eval_template, every_offset=False, seed=1), t.img_weight)
+    out |= {f"{prefix}seen_{k}": seen[k] for k in ("img_bpp", "img_bpp_uncond", "img_bpp_cond")}
+    total: dict = {}
+    for g in held:  # one pass per size; the pooled figure adds the sizes' sums
+        sums = metrics.evaluate_sums(model, digits.subgrid_eval_batches(images, labels, d.patch, 128, [g],
+                                                                         d.eval_template))
+        if len(held) > 1:
+            out[f"{prefix}heldout_{g[0]}x{g[1]}_img_bpp"] = metrics.summarize(sums, t.img_weight)["img_bpp"]
+        total = {k: total.get(k, 0) + v for k, v in sums.items()}
+    pooled = metrics.summarize(total, t.img_weight)
+    out |= {f"{prefix}heldout_{k}": pooled[k] for k in ("img_bpp", "img_bpp_uncond", "img_bpp_cond")}
+    return out
+
+
 def final_metrics(model: ImageTextModel, run, splits: dict, run_dir: Path | None, log=print) -> dict:
     """Every metric on ``task.eval_split`` (see metrics.py); writes samples.png when run_dir is given."""
     d, t = run.data, run.task
@@ -195,6 +237,10 @@ def final_metrics(model: ImageTextModel, run, splits: dict, run_dir: Path | None
     out[f"{name}_gen_diversity"] = metrics.diversity_ratio(samples, s_lab, images, labels)
     out["judge_acc"] = metrics.judge_accuracy(judge, images, labels)
     out.update(metrics.reference_bpp(*splits["train"], images, labels))
+    if d.subgrids() is not None:
+        out.update(subgrid_metrics(model, run, images, labels, f"{name}_"))
+        log(f"{name} sub-grid probe: image bits/pixel {out[f'{name}_heldout_img_bpp']:.3f} on the held-out sizes "
+            f"({_sizes(d.subgrids()[1])}), {out[f'{name}_seen_img_bpp']:.3f} on the training sizes")
     if run_dir is not None:
         metrics.save_grid(samples, s_lab, Path(run_dir) / "samples.png")
     log(f"{name} (best val checkpoint): image bits/pixel {out[f'{name}_img_bpp_uncond']:.3f} unconditional, "
@@ -230,7 +276,8 @@ class ImageTextTask(Task):
                 "task": "image_text", "pos": self.run.pos.name, "image_head": t.image_head, "patch": d.patch,
                 "seed": self.run.seed, "best_step": m.best_step, "best_val_img_bpp": m.best_val,
                 "n_params": m.model.n_params(), "cache_elems_per_token": m.model.cache_elems_per_token(),
-                "eval_split": t.eval_split, **final,
+                "eval_split": t.eval_split,
+                "subgrid_holdout": None if d.subgrid_holdout is None else list(d.subgrid_holdout), **final,
             }
         return self._final
 

@@ -9,7 +9,9 @@ Start-up checks (each names the key to change): a patch size that does not divid
 template that is not ``{word}``/``{numeral}`` text; a caption (under any template, any digit) whose
 sequence is longer than ``model.seq_len``; a position scheme that cannot place the image (e.g. an axis
 count its assigner does not support); a learned position table shorter than the largest position
-the assigner gives. (Attention/position incompatibilities, e.g. RoPE with ``attention=vq``, are the
+the assigner gives; a ``data.subgrid_holdout`` that is not a list of ``HxW`` sub-grids (2 .. 8/p a
+side) leaving some size to train on, or one whose held-out sizes reach a learned position no training
+size reaches (an untrained table entry). (Attention/position incompatibilities, e.g. RoPE with ``attention=vq``, are the
 attention's own checks.) Inherited keys ``val_fraction``, ``min_chars`` and ``strict_utf8`` do not
 apply; ``val_seed`` fixes the split permutation and ``max_docs`` caps the training images.
 """
@@ -17,6 +19,7 @@ apply; ``val_seed`` fixes the split permutation and ``max_docs`` caps the traini
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from lmlab.data.sources.base import DataConfig, DataSource
 from lmlab.registry import DATA
@@ -36,6 +39,9 @@ class DigitsConfig(DataConfig):
     train_templates: list[str] = field(default_factory=lambda: [
         "this is a {word}.", "a handwritten {word}.", "the digit {numeral}.", "a picture of {word}."])
     eval_template: str = "this is a {word}."
+    # SPEC §15.4's held-out sub-grid probe: null = whole images; a list of "HxW" sizes = train on random
+    # h×w crops (2 <= h, w <= 8/p) of every other size, validate on those, test on exactly these
+    subgrid_holdout: Optional[list[str]] = None
 
     uses_val_fraction = False  # the split is fixed by n_test/n_val
 
@@ -76,8 +82,49 @@ class DigitsConfig(DataConfig):
                     f" patches and 4 special tokens the sequence has {need} slots > model.seq_len="
                     f"{run.model.seq_len} (raise model.seq_len or shorten the caption)"
                 )
-        p += self._position_problems(run, templates.values())
+        sub = self._subgrid_problems()
+        p += sub
+        if not sub:
+            p += self._position_problems(run, templates.values())
         return p
+
+    def subgrids(self) -> tuple[list, list] | None:
+        """(training sizes, held-out sizes) of the sub-grid probe, None when it is off."""
+        from lmlab.multimodal import digits
+
+        if self.subgrid_holdout is None:
+            return None
+        return digits.subgrid_sizes(self.patch, self.subgrid_holdout)
+
+    def _subgrid_problems(self) -> list[str]:
+        from lmlab.multimodal import digits
+
+        if self.subgrid_holdout is None or self.patch <= 0 or digits.SIDE % self.patch:
+            return []
+        G = digits.SIDE // self.patch
+        key = f"data.subgrid_holdout={list(self.subgrid_holdout)}"
+        if not self.subgrid_holdout:
+            return [f"{key} holds out nothing: list sizes such as ['3x3'] (or null for whole images)"]
+        try:
+            train, held = self.subgrids()
+        except ValueError as e:
+            return [f"{key}: {e}"]
+        every = [(h, w) for h in range(2, G + 1) for w in range(2, G + 1)]
+        bad = [f"{h}x{w}" for h, w in held if (h, w) not in every]
+        if bad:
+            return [f"{key}: {', '.join(bad)} is not a sub-grid of the {G}x{G}-patch image at data.patch="
+                    f"{self.patch} (sizes run 2x2 .. {G}x{G})"]
+        if len(set(held)) != len(held):
+            return [f"{key} lists a size twice"]
+        if not train:
+            return [f"{key} holds out every size from 2x2 to {G}x{G}: nothing is left to train on"]
+        return []
+
+    def _layouts(self, templates, grids) -> list:
+        from lmlab.multimodal import digits
+
+        cap_len = max(len(digits.caption(t, y)) for t in templates for y in range(10))
+        return [digits.Layout(d, cap_len, g) for g in grids for d in (digits.UNDERSTAND, digits.GENERATE)]
 
     def _position_problems(self, run, templates) -> list[str]:
         """Lay out the longest sequences with the configured pos module's own assigner."""
@@ -91,20 +138,35 @@ class DigitsConfig(DataConfig):
             pos = POS.get(run.pos.name)(run.pos, run.model)
         except Exception:  # noqa: BLE001 - the pos config's own check reports why it cannot be built
             return []
-        cap_len = max(len(digits.caption(t, y)) for t in templates for y in range(10))
+        templates = list(templates)
         grid = (digits.SIDE // self.patch,) * 2
+        sub = self.subgrids()
+        grids = [grid] + (sub[0] + sub[1] if sub else [])
         top = 0.0
-        for direction in (digits.UNDERSTAND, digits.GENERATE):
+        for lay in self._layouts(templates, grids):
             try:
-                top = max(top, float(assign_for(pos, digits.Layout(direction, cap_len, grid).segments()).max()))
+                top = max(top, float(assign_for(pos, lay.segments()).max()))
             except ValueError as e:
-                return [f"pos.name={run.pos.name} cannot place the {grid[0]}×{grid[1]}-patch digits image: {e}"]
+                h, w = lay.grid
+                return [f"pos.name={run.pos.name} cannot place the {h}×{w}-patch digits image: {e}"]
         table = getattr(pos, "max_len", None)
         if table is not None and top + 1 > table:
             return [
                 f"pos.name={run.pos.name}: the digits sequences reach position {int(top)}, beyond the learned"
                 f" table of {table} (set pos.max_len >= {int(top) + 1} or raise model.seq_len)"
             ]
+        if table is not None and sub:
+            # a learned table has no trained entry for a position only the held-out sizes reach
+            seen = max(float(assign_for(pos, lay.segments()).max())
+                       for lay in self._layouts(self.train_templates, sub[0]))
+            held = max(float(assign_for(pos, lay.segments()).max())
+                       for lay in self._layouts([self.eval_template], sub[1]))
+            if held > seen:
+                return [
+                    f"pos.name={run.pos.name} cannot take the sub-grid probe data.subgrid_holdout="
+                    f"{list(self.subgrid_holdout)}: the held-out sizes reach learned position {int(held)}, never"
+                    f" trained (training sizes reach {int(seen)}); hold out smaller sizes or use a rotary pos"
+                ]
         return []
 
 
