@@ -178,7 +178,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    max_steps: int = 400
+    max_steps: int = 300
     val_every: int = 100  # steps between validations (and checkpoints)
     limit_val_batches: int = 40
     log_every: int = 10
