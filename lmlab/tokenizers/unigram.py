@@ -63,6 +63,7 @@ class UnigramConfig(SentencePieceConfig):
     name: str = "unigram"
     mode: Literal["viterbi", "sample", "sample_v1"] = "viterbi"
     alpha: float = 0.2  # inverse temperature of the sampled modes (SPEC §3); why 0.2: module docstring
+    vocab_size: int = 2048  # the experiments' unigram vocabulary (sentencepiece's default moved to 8192)
 
     def check(self, run) -> list[str]:
         p = super().check(run)
