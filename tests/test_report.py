@@ -180,7 +180,7 @@ def test_pivot_per_slice_of_a_third_axis(tmp_path):
             cfg_path.write_text(yaml.safe_dump(cfg))
     md = build_report([tmp_path / "lr0.001", tmp_path / "lr0.003"], out=tmp_path / "r", log=lambda s: None).read_text()
     assert "Swept axes: `attention.name`, `pos.name`, `optim.lr`" in md
-    assert "Baseline: **mha / rope / lr=0.003** (the default config's choice" in md  # conf/optim/adamw.yaml
+    assert "Baseline: **mha / rope / lr=0.003** (the default config's choice" in md  # optim/muon.yaml extends adamw.yaml
     assert _row(md, "mha / rope / lr=0.001")[3] == "+0.5000"
     low = md.split("### val bits/byte: attention × pos (lr=0.001)")[1].split("###")[0]
     assert "| mla | 2.4500 (1) | 2.5000 (3) |" in low

@@ -193,7 +193,7 @@ def default_value(axis: str, conf: Path | None = None):
     if group in choices and rest:
         if choices[group] is None:
             raise KeyError(axis)
-        node = yaml.safe_load((conf / group / f"{choices[group]}.yaml").read_text()) or {}
+        node = _group_option(conf, group, str(choices[group]))
         path = rest.split(".")
     else:
         path = axis.split(".")
@@ -202,6 +202,17 @@ def default_value(axis: str, conf: Path | None = None):
             raise KeyError(axis)
         node = node[p]
     return node
+
+
+def _group_option(conf: Path, group: str, name: str, depth: int = 0) -> dict:
+    """A group option's YAML with the same-group options its own defaults list extends merged under it
+    (``optim/muon.yaml`` extends ``adamw``: Hydra's order, the listed files first, ``_self_`` last)."""
+    node = yaml.safe_load((conf / group / f"{name}.yaml").read_text()) or {}
+    merged: dict = {}
+    for item in node.pop("defaults", None) or []:
+        if isinstance(item, str) and item != "_self_" and depth < 8:
+            merged.update(_group_option(conf, group, item, depth + 1))
+    return {**merged, **node}
 
 
 def parse_selection(text: str | None, axes: list[str]) -> dict:
