@@ -75,8 +75,14 @@ def test_crash_and_resume_is_bit_for_bit(compose, tiny_overrides, tmp_path):
     wb = torch.load(Path(run.out_dir) / "crashy/checkpoints/last.ckpt", weights_only=True)
     for k in wa["state_dict"]:
         assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), k
-    sa, sb = wa["optimizer_states"][0]["state"], wb["optimizer_states"][0]["state"]
-    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    oa, ob = wa["optimizer_states"][0], wb["optimizer_states"][0]
+    parts = [(oa[p], ob[p]) for p in ("muon", "adamw")] if "muon" in oa else [(oa, ob)]  # optim=muon: two parts
+    for pa, pb in parts:
+        sa, sb = pa["state"], pb["state"]
+        assert sa and sa.keys() == sb.keys()
+        for i in sa:  # every buffer (AdamW's moments, Muon's momentum) equal after the resume
+            assert sa[i].keys() == sb[i].keys()
+            assert all(torch.equal(v, sb[i][k]) for k, v in sa[i].items() if torch.is_tensor(v))
 
 
 def test_resume_with_other_worker_count_is_refused(compose, tiny_overrides):

@@ -19,7 +19,7 @@ def test_tune_quick_composes_with_the_optuna_sweeper(compose):
     assert r.returncode == 0, r.stderr[-2000:]
     sweeper = yaml.safe_load(r.stdout)["hydra"]["sweeper"]
     assert sweeper["_target_"].endswith("OptunaSweeper") and sweeper["direction"] == "minimize"
-    assert set(sweeper["params"]) == {"optim.lr", "optim.warmup_steps", "data.batch_size"}
+    assert set(sweeper["params"]) == {"optim.muon_lr", "optim.lr", "optim.warmup_steps", "data.batch_size"}
     run = compose(["experiment=tune_quick"])
     assert run.sweep_name == "tune_quick" and run.trainer.early_stop.enabled
 
