@@ -17,15 +17,20 @@ def test_difference_is_real_only_with_same_sign_in_all_seeds_and_beyond_two_std(
     assert not report.compare({0: 1.0}, {0: 2.0})[1]
 
 
+
+def _write_summary(d, pos, seed, bpp, **extra):
+    """A digits run directory holding only the summary.json the report reads (every metric = bpp)."""
+    d.mkdir()
+    s = {"task": "image_text", "pos": pos, "seed": seed, "image_head": "categorical", "patch": 2,
+         "eval_split": "test", "best_step": 100, "ref_uniform_bpp": 4.09, "ref_marginal_bpp": 2.42,
+         "ref_label_marginal_bpp": 2.2, "judge_acc": 0.96}
+    s.update({f"test_{k}": bpp for k, _, _ in report.METRICS})
+    s.update(test_img_bpp=bpp, **extra)
+    (d / "summary.json").write_text(json.dumps(s))
+
 def test_table_groups_runs_and_reports_paired_delta(tmp_path):
     for i, (pos, seed, bpp) in enumerate([("rope", 0, 2.0), ("rope", 1, 2.1), ("rope2d", 0, 1.9), ("rope2d", 1, 2.0)]):
-        d = tmp_path / f"job{i}"
-        d.mkdir()
-        s = {"task": "image_text", "pos": pos, "seed": seed, "image_head": "categorical", "patch": 2,
-             "eval_split": "test", "best_step": 100, "ref_uniform_bpp": 4.09, "ref_marginal_bpp": 2.42,
-             "ref_label_marginal_bpp": 2.2, "judge_acc": 0.96, "test_img_bpp": bpp}
-        s.update({f"test_{k}": bpp for k, _, _ in report.METRICS})
-        (d / "summary.json").write_text(json.dumps(s))
+        _write_summary(tmp_path / f"job{i}", pos, seed, bpp)
     runs = report.load_runs(str(tmp_path))
     text, refs = report.table(runs)
     rows = {line.split("|")[3].strip(): line for line in text.splitlines()[2:]}
@@ -42,16 +47,8 @@ def test_probe_runs_are_grouped_apart_with_a_paired_held_out_delta(tmp_path):
             ("rope", 0, 2.2, 2.4, ["3x3"]), ("rope", 1, 2.3, 2.5, ["3x3"]),
             ("rope_tie", 0, 2.2, 2.7, ["3x3"]), ("rope_tie", 1, 2.3, 2.9, ["3x3"])]
     for i, (pos, seed, bpp, held, sub) in enumerate(rows):
-        d = tmp_path / f"job{i}"
-        d.mkdir()
-        s = {"task": "image_text", "pos": pos, "seed": seed, "image_head": "categorical", "patch": 2,
-             "eval_split": "test", "best_step": 100, "ref_uniform_bpp": 4.09, "ref_marginal_bpp": 2.42,
-             "ref_label_marginal_bpp": 2.2, "judge_acc": 0.96, "subgrid_holdout": sub}
-        s.update({f"test_{k}": bpp for k, _, _ in report.METRICS})
-        s["test_img_bpp"] = bpp
-        if sub:
-            s.update({"test_heldout_img_bpp": held, "test_seen_img_bpp": bpp - 0.1})
-        (d / "summary.json").write_text(json.dumps(s))
+        extra = {"test_heldout_img_bpp": held, "test_seen_img_bpp": bpp - 0.1} if sub else {}
+        _write_summary(tmp_path / f"job{i}", pos, seed, bpp, subgrid_holdout=sub, **extra)
     text, _ = report.table(report.load_runs(str(tmp_path)))
     lines = [ln.split("|")[1:-1] for ln in text.splitlines()]
     head = [c.strip() for c in lines[0]]
