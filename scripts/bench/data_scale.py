@@ -17,6 +17,10 @@ process:
   startup_cpu_s  the CPU seconds (user + system) of that setup: on a shared machine a steadier
                figure than the wall time, which waits for the other processes
   peak_mb      the process's peak resident memory (ru_maxrss) after setup
+  anon_mb, file_mb  its resident memory after setup split as Linux counts it (``/proc/self/status``):
+               ``RssAnon``, the process's own memory (Python objects, arrays), and ``RssFile``,
+               file pages mapped into it (shared libraries, and the pages of the memory-mapped
+               document cache that were read: clean page cache the kernel can drop, not a copy)
   build_s      (checkouts with a document cache, ``<cache>/corpora/docs``) the same start-up with that
                cache removed first, the tokenizer still cached: the one-time cost of writing the
                corpus's documents into the memory-mapped dataset; ``build_peak_mb`` its peak memory
@@ -65,7 +69,13 @@ dm = TextDataModule(run, log=lambda *_: None)
 dm.setup("fit")
 startup, startup_cpu = time.perf_counter() - t0, cpu() - c0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out = {"startup_s": startup, "startup_cpu_s": startup_cpu, "peak_mb": peak, **parts}
+rss = {}
+for line in open("/proc/self/status"):
+    key, _, value = line.partition(":")
+    if key in ("RssAnon", "RssFile"):
+        rss[key] = int(value.split()[0]) / 1024
+out = {"startup_s": startup, "startup_cpu_s": startup_cpu, "peak_mb": peak,
+       "anon_mb": rss.get("RssAnon", float("nan")), "file_mb": rss.get("RssFile", float("nan")), **parts}
 n = args.get("resume_after")
 if n is not None:
     if hasattr(dm, "load_state_dict") and "stream_state" in vars(dm):
@@ -141,8 +151,8 @@ def main() -> None:
     if "before" in checkouts and not a.before:
         ap.error("--before is needed unless --only after")
     print("| corpus | code | first start: documents cached (s; CPU s) | its peak memory (MB) | start-up (s; CPU s) "
-          "| of which corpus / tokenizer (s) | peak memory (MB) | document cache on disk (MB) |\n"
-          "|---|---|---|---|---|---|---|---|")
+          "| of which corpus / tokenizer (s) | peak memory (MB) | of it: own / file-mapped (MB) "
+          "| document cache on disk (MB) |\n|---|---|---|---|---|---|---|---|---|")
     for mb in sorted(set(sizes + ([a.resume_size] if a.steps else []))):
         make_corpus(mb, work / f"corpus-{mb}mb.txt", str(work / "cache-after"))
     for mb in sizes:
@@ -158,7 +168,8 @@ def main() -> None:
             disk = sum(f.stat().st_size for f in docs.rglob("*") if f.is_file()) / 1e6 if docs.exists() else 0
             print(f"| {mb} MB | {which} | {build} | {r['startup_s']:.2f}; {r['startup_cpu_s']:.2f} "
                   f"| {r.get('corpus_s', 0):.2f} / "
-                  f"{r.get('tokenizer_s', 0):.2f} | {r['peak_mb']:.0f} | {disk:.0f} |", flush=True)
+                  f"{r.get('tokenizer_s', 0):.2f} | {r['peak_mb']:.0f} "
+                  f"| {r.get('anon_mb', float('nan')):.0f} / {r.get('file_mb', float('nan')):.0f} | {disk:.0f} |", flush=True)
     if not a.steps:
         return
     print("\n| batches consumed (16 x 129 tokens) | code | resume: first batch after (s) |\n|---|---|---|")
