@@ -19,7 +19,12 @@ Design choices:
   message naming the path. ``content_hash()`` is the sha256 of the model bytes in use.
 - ``sample=true`` uses SentencePiece's own subword regularization: unigram ``nbest_size=-1``
   (FFBS over the full lattice) with inverse temperature ``alpha``; BPE models: BPE-dropout with
-  probability ``alpha``. The generator passed to ``encode`` seeds SentencePiece's RNG per call.
+  probability ``alpha``. The generator passed to ``encode`` seeds SentencePiece's RNG per call,
+  which makes the draws a function of the seed *within one process* only: with SentencePiece 0.2.x
+  the same seed gives different samples in another process (measured; its seed is a thread-local
+  default, google/sentencepiece#540, #609), so a run or a resume with ``sample=true`` is not
+  reproducible from its seed. ``build`` says so once; ``tokenizer=unigram mode=sample`` draws from
+  the same law (unigram FFBS) reproducibly.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import random
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +217,12 @@ def train_sentencepiece(cfg: SentencePieceConfig, texts: Iterable[str], cache_di
     return model
 
 
+SAMPLING_NOT_REPRODUCIBLE = (
+    "tokenizer.sample=true: SentencePiece's own sampler is seeded per document but its draws differ between "
+    "processes for the same seed (SentencePiece 0.2.x), so this run and its resumes are not reproducible from "
+    "the seed; for a unigram model, tokenizer=unigram tokenizer.mode=sample draws from the same law reproducibly")
+
+
 @TOKENIZER.register("sentencepiece")
 class SentencePieceTokenizer(Tokenizer):
     Config = SentencePieceConfig
@@ -244,6 +256,8 @@ class SentencePieceTokenizer(Tokenizer):
         # hit reads no text at all
         path = cfg.model_path or train_sentencepiece(
             cfg, train_texts(), cache_dir, fingerprint=getattr(train_texts, "fingerprint", None))
+        if cfg.sample:
+            warnings.warn(SAMPLING_NOT_REPRODUCIBLE, stacklevel=2)
         return cls(path, cfg)
 
     @property
