@@ -40,7 +40,7 @@ def test_sampling_is_seeded_within_a_process_and_lossless(tok):
     assert t.encode(text) == tok.encode(text)  # rng=None stays deterministic
 
 
-def test_sampling_build_says_once_that_draws_are_not_reproducible(tok, cache_dir):
+def test_sampling_build_warns_that_draws_are_not_reproducible(cache_dir):
     texts = [p.read_text(errors="replace") for p in STDLIB]
     with pytest.warns(UserWarning, match="not reproducible from the seed"):
         SentencePieceTokenizer.build(SentencePieceConfig(vocab_size=600, sample=True), lambda: texts, cache_dir)

@@ -20,7 +20,9 @@ process:
   anon_mb, file_mb  its resident memory after setup split as Linux counts it (``/proc/self/status``):
                ``RssAnon``, the process's own memory (Python objects, arrays), and ``RssFile``,
                file pages mapped into it (shared libraries, and the pages of the memory-mapped
-               document cache that were read: clean page cache the kernel can drop, not a copy)
+               document cache that were read: clean page cache the kernel can drop, not a copy);
+               ``corpus`` / ``val`` file MB: the file-mapped pages added while opening the corpus and
+               while packing the validation blocks (``pack_eval``), i.e. where ``file_mb`` grows
   build_s      (checkouts with a document cache, ``<cache>/corpora/docs``) the same start-up with that
                cache removed first, the tokenizer still cached: the one-time cost of writing the
                corpus's documents into the memory-mapped dataset; ``build_peak_mb`` its peak memory
@@ -51,16 +53,26 @@ from lmlab.train.datamodule import TextDataModule
 args = json.loads(sys.argv[1])
 run = compose(args["overrides"])
 import lmlab.train.datamodule as D
+def rss():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
 parts = {}
 def timed(name, fn):
     def wrapper(*a, **k):
-        t = time.perf_counter()
+        t, f = time.perf_counter(), rss().get("RssFile", 0.0)
         try:
             return fn(*a, **k)
         finally:
-            parts[name] = time.perf_counter() - t
+            parts[name + "_s"] = time.perf_counter() - t
+            parts[name + "_file_mb"] = rss().get("RssFile", 0.0) - f
     return wrapper
-D.load_corpus, D.build_tokenizer = timed("corpus_s", D.load_corpus), timed("tokenizer_s", D.build_tokenizer)
+D.load_corpus, D.build_tokenizer = timed("corpus", D.load_corpus), timed("tokenizer", D.build_tokenizer)
+if hasattr(D, "pack_eval"):
+    D.pack_eval = timed("val", D.pack_eval)
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -69,13 +81,9 @@ dm = TextDataModule(run, log=lambda *_: None)
 dm.setup("fit")
 startup, startup_cpu = time.perf_counter() - t0, cpu() - c0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-rss = {}
-for line in open("/proc/self/status"):
-    key, _, value = line.partition(":")
-    if key in ("RssAnon", "RssFile"):
-        rss[key] = int(value.split()[0]) / 1024
+end = rss()
 out = {"startup_s": startup, "startup_cpu_s": startup_cpu, "peak_mb": peak,
-       "anon_mb": rss.get("RssAnon", float("nan")), "file_mb": rss.get("RssFile", float("nan")), **parts}
+       "anon_mb": end.get("RssAnon", float("nan")), "file_mb": end.get("RssFile", float("nan")), **parts}
 n = args.get("resume_after")
 if n is not None:
     if hasattr(dm, "load_state_dict") and "stream_state" in vars(dm):
@@ -152,7 +160,8 @@ def main() -> None:
         ap.error("--before is needed unless --only after")
     print("| corpus | code | first start: documents cached (s; CPU s) | its peak memory (MB) | start-up (s; CPU s) "
           "| of which corpus / tokenizer (s) | peak memory (MB) | of it: own / file-mapped (MB) "
-          "| document cache on disk (MB) |\n|---|---|---|---|---|---|---|---|---|")
+          "| file-mapped added by corpus / val (MB) | document cache on disk (MB) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for mb in sorted(set(sizes + ([a.resume_size] if a.steps else []))):
         make_corpus(mb, work / f"corpus-{mb}mb.txt", str(work / "cache-after"))
     for mb in sizes:
@@ -169,7 +178,9 @@ def main() -> None:
             print(f"| {mb} MB | {which} | {build} | {r['startup_s']:.2f}; {r['startup_cpu_s']:.2f} "
                   f"| {r.get('corpus_s', 0):.2f} / "
                   f"{r.get('tokenizer_s', 0):.2f} | {r['peak_mb']:.0f} "
-                  f"| {r.get('anon_mb', float('nan')):.0f} / {r.get('file_mb', float('nan')):.0f} | {disk:.0f} |", flush=True)
+                  f"| {r.get('anon_mb', float('nan')):.0f} / {r.get('file_mb', float('nan')):.0f} "
+                  f"| {r.get('corpus_file_mb', float('nan')):.0f} / {r.get('val_file_mb', float('nan')):.0f} "
+                  f"| {disk:.0f} |", flush=True)
     if not a.steps:
         return
     print("\n| batches consumed (16 x 129 tokens) | code | resume: first batch after (s) |\n|---|---|---|")

@@ -33,7 +33,7 @@ class PyStdlib(DataSource):
         for d, dirs, names in os.walk(root):
             dirs[:] = [x for x in dirs if x != "site-packages"]
             files.extend(Path(d) / n for n in names if n.endswith(".py"))
-        files = sorted(p for p in files if "site-packages" not in p.parts)
+        files.sort()
         if not self.cfg.include_tests:
             files = [p for p in files if not ({"test", "tests", "idle_test"} & set(p.parts))]
         return files[: self.cfg.max_files] if self.cfg.max_files else files
